@@ -1,0 +1,168 @@
+"""Typed config schema, registered in Hydra's ConfigStore, and the checks that run before any compute.
+
+Each subsystem has one dataclass; conf/*.yaml fill them in. A typo in a key or a wrongly typed
+value is rejected by OmegaConf when Hydra composes; `validate` adds the cross-field checks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from lmlab.model import GPTConfig
+
+
+class ConfigError(ValueError):
+    """A bad config value: the message names the key and the reason."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 4
+    d_ff_ratio: float = 2.0  # d_ff = d_ff_ratio * d_model, so sweeps vary the ratio directly
+    max_seq_len: int = 256
+    dropout: float = 0.0
+    doc_mask: bool = False  # packed rows: tokens do not attend across an EOS
+
+    @staticmethod
+    def d_ff(cfg) -> int:
+        return int(round(cfg.d_ff_ratio * cfg.d_model))
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    hub_id: str = "Salesforce/wikitext"
+    hub_config: str = MISSING
+    local_dir: Optional[str] = None  # null = download hub_id with `datasets`
+    cache_dir: str = "${oc.env:LMLAB_CACHE_DIR,'~/.cache/lmlab'}"
+    packing: bool = True  # true: documents concatenated with EOS; false: one document per row
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "bpe"  # bpe: trained on the training split (offline); gpt2: tiktoken's encoding
+    vocab_size: int = 8192
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = MISSING
+    peak_lr: float = 6e-4
+    warmup_steps: int = 2000
+    decay: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    max_steps: Optional[int] = 5000
+    max_tokens: Optional[int] = None
+    batch_size: int = 32
+    grad_accum: int = 1
+    eval_every: int = 250
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = False
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    log_every: int = 10
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 16
+    stride: Optional[int] = None  # null: non-overlapping windows; k: sliding windows scoring k new tokens each
+    max_batches: Optional[int] = None  # null = the whole split (the only number to report)
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "none"  # none | wandb
+    project: str = "lmlab"
+    entity: Optional[str] = None
+    mode: Optional[str] = None  # null: online with an API key, else offline
+    tags: list = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    schedule: ScheduleConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for group, node in [("model", ModelConfig), ("data", DataConfig), ("schedule", ScheduleConfig),
+                        ("tokenizer", TokenizerConfig), ("train", TrainConfig), ("eval", EvalConfig),
+                        ("logger", LoggerConfig)]:
+        cs.store(group=group, name=f"base_{group}", node=node)
+
+
+def _positive(cfg: DictConfig, keys: list[str]) -> None:
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value <= 0:
+            raise ConfigError(key, f"must be positive, got {value}")
+
+
+def _one_of(cfg: DictConfig, key: str, allowed: tuple) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in allowed:
+        raise ConfigError(key, f"must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Cross-field checks, run before any data is loaded. Raises ConfigError."""
+    _positive(cfg, ["model.d_model", "model.n_heads", "model.n_layers", "model.d_ff_ratio",
+                    "model.max_seq_len", "tokenizer.vocab_size", "schedule.peak_lr",
+                    "train.max_steps", "train.max_tokens", "train.batch_size", "train.grad_accum",
+                    "train.eval_every", "train.log_every", "eval.batch_size", "eval.max_batches", "eval.stride"])
+    if cfg.model.d_model % cfg.model.n_heads:
+        raise ConfigError("model.n_heads", f"d_model={cfg.model.d_model} is not divisible by "
+                          f"n_heads={cfg.model.n_heads}")
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError("model.dropout", f"must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.schedule.warmup_steps < 0:
+        raise ConfigError("schedule.warmup_steps", f"must be >= 0, got {cfg.schedule.warmup_steps}")
+    if not 0.0 <= cfg.schedule.min_lr_ratio <= 1.0:
+        raise ConfigError("schedule.min_lr_ratio", f"must be in [0, 1], got {cfg.schedule.min_lr_ratio}")
+    if cfg.train.max_steps is None and cfg.train.max_tokens is None:
+        raise ConfigError("train.max_steps", "set train.max_steps or train.max_tokens (or both)")
+    if cfg.eval.stride is not None and cfg.eval.stride > cfg.model.max_seq_len:
+        raise ConfigError("eval.stride", f"must be <= model.max_seq_len={cfg.model.max_seq_len}")
+    if cfg.tokenizer.vocab_size < 260:
+        raise ConfigError("tokenizer.vocab_size", "must be at least 260 (256 bytes + EOS + merges)")
+    _one_of(cfg, "schedule.decay", ("cosine", "constant"))
+    _one_of(cfg, "tokenizer.kind", ("bpe", "gpt2"))
+    _one_of(cfg, "train.device", ("auto", "cpu", "cuda"))
+    _one_of(cfg, "train.precision", ("auto", "fp32", "bf16"))
+    _one_of(cfg, "logger.kind", ("none", "wandb"))
+    _one_of(cfg, "logger.mode", (None, "online", "offline", "disabled"))
+
+
+def gpt_config(cfg: DictConfig, vocab_size: int) -> GPTConfig:
+    m = cfg.model
+    return GPTConfig(vocab_size=vocab_size, d_model=m.d_model, n_heads=m.n_heads, n_layers=m.n_layers,
+                     d_ff=ModelConfig.d_ff(m), max_seq_len=m.max_seq_len, dropout=m.dropout)
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)

@@ -1,0 +1,97 @@
+"""Tokenized splits, cached as memmaps keyed by source, config and tokenizer.
+
+Layout: <cache_dir>/<data.name>-<source key>/<tokenizer>/{tokenizer.json, <split>.bin, <split>.json}.
+The .json beside each .bin records its dtype, length, checksum and the split's word and byte
+counts (for word-level perplexity and bits per byte). Files are written then renamed, so two
+jobs building the same cache at once never leave a half-written file behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from lmlab.atomic import atomic_path, write_text
+from lmlab.data.sources import SPLITS, DataError, documents, read_split, source_key, word_count
+from lmlab.data.tokenizer import Tokenizer, load_or_train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Split:
+    name: str
+    tokens: np.ndarray  # 1-D memmap; every document ends in EOS
+    n_docs: int
+    n_words: int  # WikiText convention: whitespace words + one per line
+    n_bytes: int  # UTF-8 bytes of the split's text
+
+
+def cache_dir(data_cfg, tok_cfg) -> Path:
+    tok_name = "gpt2" if tok_cfg.kind == "gpt2" else f"bpe{tok_cfg.vocab_size}"
+    root = Path(data_cfg.cache_dir).expanduser() / f"{data_cfg.name}-{source_key(data_cfg)}"
+    return root / tok_name
+
+
+def _checksum(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_cached(folder: Path, split: str) -> Split | None:
+    meta_path, bin_path = folder / f"{split}.json", folder / f"{split}.bin"
+    if not (meta_path.is_file() and bin_path.is_file()):
+        return None
+    meta = json.loads(meta_path.read_text())
+    if bin_path.stat().st_size != meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize or \
+            _checksum(bin_path) != meta["sha256"]:
+        log.warning("token cache %s is corrupted (checksum mismatch); rebuilding it", bin_path)
+        return None
+    tokens = np.memmap(bin_path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
+    return Split(split, tokens, meta["n_docs"], meta["n_words"], meta["n_bytes"])
+
+
+def _tokenize(tok: Tokenizer, lines: list[str], split: str, folder: Path) -> Split:
+    if not any(line.strip() for line in lines):
+        raise DataError(f"the {split} split is empty")
+    docs = documents(lines)
+    dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
+    chunks = []
+    for i in tqdm(range(0, len(docs), 256), desc=f"tokenizing {split}", unit="x256 docs", leave=False):
+        for ids in tok.encode_batch(docs[i:i + 256]):
+            chunks.append(np.asarray(ids + [tok.eos_id], dtype=dtype))
+    tokens = np.concatenate(chunks)
+    bin_path = folder / f"{split}.bin"
+    with atomic_path(bin_path) as tmp:
+        tokens.tofile(tmp)
+    meta = {"n_tokens": int(tokens.size), "dtype": np.dtype(dtype).name, "sha256": _checksum(bin_path),
+            "n_docs": len(docs), "n_words": word_count(lines), "n_bytes": len("".join(lines).encode())}
+    write_text(folder / f"{split}.json", json.dumps(meta, indent=1))
+    return _load_cached(folder, split)
+
+
+def load_splits(data_cfg, tok_cfg) -> tuple[Tokenizer, dict[str, Split]]:
+    """The tokenizer and the train/validation/test token streams, from cache when possible."""
+    folder = cache_dir(data_cfg, tok_cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines: dict[str, list[str]] = {}
+
+    def split_lines(split):
+        if split not in lines:
+            lines[split] = read_split(data_cfg, split)
+        return lines[split]
+
+    tok = load_or_train(tok_cfg.kind, tok_cfg.vocab_size,
+                        lambda: documents(split_lines("train")), folder / "tokenizer.json")
+    splits = {}
+    for split in SPLITS:
+        splits[split] = _load_cached(folder, split) or _tokenize(tok, split_lines(split), split, folder)
+    return tok, splits

@@ -1,0 +1,73 @@
+"""Run records: metrics.jsonl and summary.json always, W&B when logger.kind=wandb.
+
+Reads numbers and writes files; never touches tensors.
+"""
+from __future__ import annotations
+
+import json
+import math
+import netrc
+import os
+from pathlib import Path
+
+from lmlab.atomic import write_text
+
+
+def _finite(record: dict) -> dict:
+    # JSON has no NaN or inf: write them as null rather than produce an unreadable file.
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def wandb_mode(logger_cfg) -> str:
+    """online when an API key is configured, offline otherwise; logger.mode overrides."""
+    if logger_cfg.mode:
+        return logger_cfg.mode
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        return "online" if netrc.netrc().authenticators("api.wandb.ai") else "offline"
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return "offline"
+
+
+class Tracker:
+    def __init__(self, run_dir: Path, logger_cfg, config: dict, group: str, name: str,
+                 resume_id: str | None = None):
+        self.run_dir = Path(run_dir)
+        self.run = None
+        if logger_cfg.kind == "wandb":
+            import wandb
+
+            self.run = wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, group=group,
+                                  name=name, tags=list(logger_cfg.tags), config=config,
+                                  dir=str(self.run_dir), mode=wandb_mode(logger_cfg),
+                                  id=resume_id, resume="allow" if resume_id else None)
+            self.run.define_metric("tokens")
+            self.run.define_metric("*", step_metric="tokens")
+            write_text(self.run_dir / "wandb_run_id", self.run.id)
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.id if self.run is not None else None
+
+    def log(self, record: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(_finite(record)) + "\n")
+        if self.run is not None:
+            self.run.log({k: v for k, v in record.items() if v is not None})
+
+    def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Table(columns=columns, data=rows)})
+
+    def write_summary(self, summary: dict) -> None:
+        write_text(self.run_dir / "summary.json", json.dumps(_finite(summary), indent=1))
+        if self.run is not None:
+            self.run.summary.update({k: v for k, v in summary.items() if v is not None})
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None

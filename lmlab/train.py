@@ -1,0 +1,212 @@
+"""The training loop, and TrainState: everything beyond the weights that a resumed run needs."""
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lmlab.config import ConfigError
+from lmlab.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
+from lmlab.data import IGNORE, Sampler, Split, collate, document_rows, packed_rows, strided_rows
+from lmlab.evaluate import EvalResult, batch_loss, evaluate
+from lmlab.model import GPT
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens: int = 0  # scored target tokens seen: the x-axis that compares runs fairly
+    epoch: int = 0  # data position: the sampler's epoch and cursor
+    cursor: int = 0
+    best_val_loss: float = math.inf
+    best_val: dict = field(default_factory=dict)  # val metrics of the best checkpoint
+    rng: dict = field(default_factory=dict)
+    wandb_run_id: str | None = None
+
+
+def capture_rng() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device", "cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, precision: str):
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def make_optimizer(model: GPT, tcfg, fused: bool) -> torch.optim.AdamW:
+    """AdamW; weight decay only on matrices inside blocks, never on biases, norms or embeddings."""
+    embeddings = {id(model.wte.weight), id(model.wpe.weight)}
+    decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in embeddings]
+    no_decay = [p for p in model.parameters() if p.dim() < 2 or id(p) in embeddings]
+    groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=0.0, betas=(tcfg.beta1, tcfg.beta2), fused=fused)
+
+
+def lr_at(step: int, sched, total_steps: int) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine or constant."""
+    if step < sched.warmup_steps:
+        return sched.peak_lr * (step + 1) / sched.warmup_steps
+    if sched.decay == "constant":
+        return sched.peak_lr
+    progress = min(1.0, (step - sched.warmup_steps) / max(1, total_steps - sched.warmup_steps))
+    floor = sched.min_lr_ratio * sched.peak_lr
+    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (sched.peak_lr - floor)
+
+
+def planned_steps(tcfg, tokens_per_step: int) -> int:
+    """Steps until the first limit: max_steps, or max_tokens at full rows (the cosine horizon)."""
+    limits = [tcfg.max_steps] if tcfg.max_steps else []
+    if tcfg.max_tokens:
+        limits.append(math.ceil(tcfg.max_tokens / tokens_per_step))
+    return min(limits)
+
+
+def train_rows(cfg, split: Split, eos_id: int) -> np.ndarray:
+    if cfg.data.packing:
+        return packed_rows(len(split.tokens), cfg.model.max_seq_len)
+    return document_rows(split.tokens, eos_id, cfg.model.max_seq_len)
+
+
+def eval_rows(cfg, split: Split) -> np.ndarray:
+    if cfg.eval.stride:
+        return strided_rows(len(split.tokens), cfg.model.max_seq_len, cfg.eval.stride)
+    return packed_rows(len(split.tokens), cfg.model.max_seq_len)
+
+
+def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir: Path,
+          config: dict, resume: dict | None = None, on_eval=None) -> dict:
+    """Train until train.max_steps or train.max_tokens, evaluating and checkpointing every
+    train.eval_every steps; then score validation and test with the best checkpoint.
+
+    `resume` is a loaded checkpoint to continue from; `on_eval(model, state)` runs after each
+    evaluation (used to write samples). Returns the summary.
+    """
+    tcfg, eos = cfg.train, tokenizer.eos_id
+    device = resolve_device(tcfg.device)
+    autocast = autocast_for(device, tcfg.precision)
+    model.to(device)
+    opt = make_optimizer(model, tcfg, fused=device.type == "cuda")
+    state = TrainState()
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        state = TrainState(**resume["train_state"])
+        restore_rng(state.rng)
+    else:
+        torch.manual_seed(tcfg.seed)
+    state.wandb_run_id = tracker.run_id
+
+    rows = {"train": train_rows(cfg, splits["train"], eos), "validation": eval_rows(cfg, splits["validation"]),
+            "test": eval_rows(cfg, splits["test"])}
+    sampler = Sampler(rows["train"], tcfg.batch_size, tcfg.seed, state.epoch, state.cursor)
+    total = planned_steps(tcfg, tcfg.batch_size * tcfg.grad_accum * cfg.model.max_seq_len)
+    step_model = torch.compile(model) if tcfg.compile else model
+    segments = cfg.model.doc_mask
+    ckpt_dir = run_dir / "checkpoints"
+
+    def run_eval(split: str) -> EvalResult:
+        return evaluate(model, splits[split], rows[split], eos, cfg.eval.batch_size, device, autocast,
+                        segments, cfg.eval.max_batches)
+
+    def save(path: Path) -> None:
+        state.epoch, state.cursor = sampler.epoch, sampler.cursor
+        state.rng = capture_rng()
+        save_checkpoint(path, model, tokenizer.ref, asdict(state), config, opt)
+
+    def done() -> bool:
+        return state.step >= total or (tcfg.max_tokens is not None and state.tokens >= tcfg.max_tokens)
+
+    def eval_and_checkpoint(train_loss, lr, tokens_per_s) -> EvalResult:
+        val = run_eval("validation")
+        tracker.log({"step": state.step, "tokens": state.tokens, "train_loss": train_loss,
+                     "val_loss": val.loss, "val_ppl": val.ppl, "lr": lr, "tokens_per_s": tokens_per_s})
+        improved = val.loss < state.best_val_loss
+        if improved:
+            state.best_val_loss, state.best_val = val.loss, val.metrics("val")
+        save(ckpt_dir / "last.pt")
+        if improved:
+            link_checkpoint(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
+        if on_eval is not None:
+            on_eval(model, state)
+        return val
+
+    # Step 0 is scored too: the untrained baseline every curve starts from.
+    val = eval_and_checkpoint(None, lr_at(0, cfg.schedule, total), None) if state.step == 0 else None
+    # Throughput excludes the first steps of this process: compilation and allocator warm-up
+    # make them several times slower than the rest.
+    skip = min(5, total // 10)
+    timed_tokens, timed_s, started = 0, 0.0, time.perf_counter()
+    model.train()
+    bar = tqdm(total=total, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
+    while not done():
+        t0 = time.perf_counter()
+        lr = lr_at(state.step, cfg.schedule, total)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss_sum, n_tokens = 0.0, 0
+        for _ in range(tcfg.grad_accum):
+            batch = collate(splits["train"].tokens, sampler.next_rows(), eos, segments)
+            loss = batch_loss(step_model, batch, device, autocast) / tcfg.grad_accum
+            loss.backward()
+            loss_sum += loss.item()
+            n_tokens += int((batch["y"] != IGNORE).sum())
+        if not math.isfinite(loss_sum):
+            raise TrainingDiverged(f"loss is {loss_sum} at step {state.step}")
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        state.step += 1
+        state.tokens += n_tokens
+        if state.step > skip:
+            timed_tokens, timed_s = timed_tokens + n_tokens, timed_s + time.perf_counter() - t0
+        tokens_per_s = timed_tokens / timed_s if timed_s else None
+        bar.update(1)
+        if state.step % tcfg.log_every == 0:
+            bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tokens_per_s or 0:,.0f}")
+        if state.step % tcfg.eval_every == 0 or done():
+            val = eval_and_checkpoint(loss_sum, lr, tokens_per_s)
+    bar.close()
+
+    # Test is scored once, with the weights that were best on validation.
+    model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", device)["model"])
+    test = run_eval("test")
+    return {"status": "done", "val_ppl": val.ppl if val else state.best_val.get("val_ppl"), "best_val_ppl": math.exp(state.best_val_loss),
+            "best_val_loss": state.best_val_loss, **state.best_val, **test.metrics("test"),
+            "eval_windows": f"stride {cfg.eval.stride}" if cfg.eval.stride else "non-overlapping",
+            "n_params": model.n_params(), "n_params_non_embedding": model.n_params(non_embedding=True),
+            "steps": state.step, "tokens_seen": state.tokens, "tokens_per_s": tokens_per_s,
+            "wall_s": time.perf_counter() - started}
