@@ -16,10 +16,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lmlab.atomic import write_text
-from lmlab.config import ConfigError, ModelConfig, gpt_config, register_configs, to_container, validate
+from lmlab.config import ModelConfig, gpt_config, to_container, validate
 
 log = logging.getLogger("lmlab")
-register_configs()
 
 
 def run(cfg: DictConfig, run_dir: Path) -> float:

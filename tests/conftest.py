@@ -1,0 +1,49 @@
+"""Shared fixtures: compose the real config and shrink it; run the CLI as a user would."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+MINI = SHARED_DATA / "wikitext-2-mini"
+WT2_RAW = SHARED_DATA / "wikitext-2-raw"
+
+needs_mini = pytest.mark.skipif(not MINI.is_dir(), reason=f"real WikiText not found at {MINI}")
+needs_wt2_raw = pytest.mark.skipif(not WT2_RAW.is_dir(), reason=f"real WikiText not found at {WT2_RAW}")
+
+# A model small enough that a CPU trains it in seconds; every test shrinks the real config with it.
+TINY = ["model.d_model=32", "model.n_heads=2", "model.n_layers=2", "model.max_seq_len=32",
+        "tokenizer.vocab_size=512", "train.batch_size=8", "eval.batch_size=64", "train.log_every=1"]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One token cache for the whole session, so the tokenizer is trained once."""
+    return tmp_path_factory.mktemp("token-cache")
+
+
+@pytest.fixture(autouse=True)
+def offline_env(monkeypatch, cache_dir):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(cache_dir))
+
+
+def compose_config(overrides: list[str] = ()):
+    with initialize_config_module(config_module="lmlab.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def run_cli(args: list[str], cwd: Path, module: str = "lmlab", timeout: int = 300,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m lmlab ARGS` in a subprocess, as a user types it (environment from the fixtures)."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
