@@ -1,13 +1,14 @@
 """`python -m lmlab [overrides]`: compose -> validate -> load data -> train -> return the objective.
 
 The objective (best validation loss) is what Hydra sweepers minimise; a failed job returns inf.
+A run resumes from its run dir's checkpoints (train.resume=auto), and a relaunched sweep skips
+the jobs whose summary.json says done.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 
 import hydra
@@ -24,14 +25,19 @@ log = logging.getLogger("lmlab")
 def run(cfg: DictConfig, run_dir: Path) -> float:
     import torch
 
+    from lmlab.checkpoint import check_same_model, resume_checkpoint
     from lmlab.data import load_splits
+    from lmlab.generate import eval_sampler
     from lmlab.model import GPT
     from lmlab.tracking import Tracker
-    from lmlab.train import train
+    from lmlab.train import Preempted, train
 
+    resume = resume_checkpoint(cfg.train.resume, run_dir / "checkpoints")
     tokenizer, splits = load_splits(cfg.data, cfg.tokenizer)
     torch.manual_seed(cfg.train.seed)
     model = GPT(gpt_config(cfg, tokenizer.vocab_size))
+    if resume is not None:
+        check_same_model(resume, model.cfg)
     config = to_container(cfg)
     derived = {"d_ff": ModelConfig.d_ff(cfg.model), "vocab_size": tokenizer.vocab_size,
                "n_params": model.n_params(), "n_params_non_embedding": model.n_params(non_embedding=True),
@@ -41,39 +47,66 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     group = f"{Path(hydra_cfg.sweep.dir).parent.name}/{Path(hydra_cfg.sweep.dir).name}" if multirun else run_dir.name
+    choices = hydra_cfg.runtime.choices
+    tags = [f"{g}={choices[g]}" for g in ("sweep", "variant", "model", "schedule", "data") if choices.get(g)]
     tracker = Tracker(run_dir, cfg.logger, {**config, "derived": derived}, group=group,
-                      name=hydra_cfg.job.override_dirname or run_dir.name)
+                      name=hydra_cfg.job.override_dirname or run_dir.name, tags=tags,
+                      resume_id=resume["train_state"]["wandb_run_id"] if resume else None)
     try:
-        summary = train(cfg, model, tokenizer, splits, tracker, run_dir, config)
+        summary = train(cfg, model, tokenizer, splits, tracker, run_dir, config, resume=resume,
+                        on_eval=eval_sampler(cfg, tokenizer, tracker, run_dir))
+        tracker.write_summary(summary)  # before close: it also fills the W&B run's summary
     except Exception as e:
-        tracker.write_summary({"status": "failed", "reason": f"{type(e).__name__}: {e}", **derived})
+        status = "preempted" if isinstance(e, Preempted) else "failed"
+        tracker.write_summary({"status": status, "reason": f"{type(e).__name__}: {e}", **derived})
         raise
     finally:
         tracker.close()
-    tracker.write_summary(summary)
     log.info("done: best val ppl %.2f, test ppl %.2f, %s", summary["best_val_ppl"], summary["test_ppl"], run_dir)
-    return summary["best_val_loss"] if math.isfinite(summary["best_val_loss"]) else math.inf
+    return objective(summary)
+
+
+def objective(summary: dict) -> float:
+    """What a sweeper minimises: the best validation loss of a done run, else inf."""
+    loss = summary.get("best_val_loss")
+    return loss if summary.get("status") == "done" and loss is not None and math.isfinite(loss) else math.inf
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lmlab.conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    from lmlab.errors import USER_ERRORS
+def hydra_main(cfg: DictConfig) -> float:
+    from lmlab.errors import exit_for
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    summary_path = run_dir / "summary.json"
     try:
         validate(cfg)
+        # A relaunched sweep reuses its job dirs (named from the overrides): done jobs are not rerun.
+        if multirun and cfg.train.resume == "auto" and summary_path.is_file():
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            if summary.get("status") == "done":
+                log.info("skipped: %s is done already (summary.json)", run_dir)
+                return objective(summary)
         return run(cfg, run_dir)
     except Exception as e:
         reason = f"{type(e).__name__}: {e}"
-        if not (run_dir / "summary.json").exists():
-            write_text(run_dir / "summary.json", json.dumps({"status": "failed", "reason": reason}))
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # record the failure; the sweep goes on
-            log.error("job failed: %s", reason)
-            return math.inf
-        if not isinstance(e, USER_ERRORS):
-            raise
-        print(f"lmlab: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        if not summary_path.exists():
+            write_text(summary_path, json.dumps({"status": "failed", "reason": reason}))
+        if multirun:
+            from lmlab.train import Preempted
+
+            if not isinstance(e, Preempted):  # record the failure; the sweep goes on
+                log.error("job failed (objective inf): %s", reason)
+                return math.inf
+        exit_for(e)
+        raise
+
+
+def main() -> None:
+    """The `lmlab` command: errors a user can fix are one line on stderr (see lmlab.errors)."""
+    from lmlab.errors import report_errors
+
+    report_errors(hydra_main)
 
 
 if __name__ == "__main__":

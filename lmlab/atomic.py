@@ -1,6 +1,8 @@
-"""Write-then-rename, so a reader (a resumed run, a parallel sweep job) never sees half a file."""
+"""Write-then-rename, so a reader (a resumed run, a parallel sweep job) never sees half a file;
+and a lock file, so parallel jobs build a shared file once instead of each building it."""
 from __future__ import annotations
 
+import fcntl
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,3 +25,12 @@ def atomic_path(path: Path):
 def write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+@contextmanager
+def file_lock(path: Path):
+    """Holds an exclusive lock on `path` (created if absent); a second holder waits. The kernel
+    drops the lock when its process dies, so a killed job never leaves it stuck."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield

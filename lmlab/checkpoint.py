@@ -1,10 +1,13 @@
 """Checkpoints that rebuild their model alone: weights, model config, tokenizer, train state.
 
-Saved with write-then-rename; loaded with torch.load(weights_only=True), so opening a file
-never runs code from it.
+A run keeps its newest `keep` checkpoints as checkpoints/step-NNNNNNN.pt; last.pt and best.pt are
+hard links to two of them, so neither costs a second write. Saved with write-then-rename; loaded
+with torch.load(weights_only=True), so opening a file never runs code from it.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -14,6 +17,8 @@ import torch
 from lmlab.atomic import atomic_path
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.model import GPT, GPTConfig
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -26,6 +31,7 @@ def save_checkpoint(path: Path, model: GPT, tokenizer_ref: dict, train_state: di
     payload = {"model": model.state_dict(), "model_config": asdict(model.cfg), "tokenizer": tokenizer_ref,
                "train_state": train_state, "config": config,
                "optimizer": optimizer.state_dict() if optimizer is not None else None}
+    payload["sha256"] = _digest(payload)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -37,13 +43,100 @@ def link_checkpoint(src: Path, dst: Path) -> None:
         os.link(src, tmp)
 
 
+def step_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """The step-NNNNNNN.pt files, newest first."""
+    return sorted(Path(ckpt_dir).glob("step-*.pt"), reverse=True)
+
+
+def step_checkpoint(ckpt_dir: Path, step: int) -> Path:
+    return Path(ckpt_dir) / f"step-{step:07d}.pt"
+
+
+def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` step files (best.pt, a hard link, keeps its own alive)."""
+    for old in step_checkpoints(ckpt_dir)[keep:]:
+        old.unlink()
+
+
+def _digest(payload: dict) -> str:
+    """sha256 over every tensor's bytes and every other value: torch.load checks the zip's
+    structure but not the tensor data, so a flipped byte inside a tensor would load silently."""
+    h = hashlib.sha256()
+
+    def walk(obj):
+        if isinstance(obj, torch.Tensor):
+            h.update(f"{obj.dtype}{tuple(obj.shape)}".encode())
+            h.update(obj.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy())
+        elif isinstance(obj, dict):
+            for key, value in obj.items():
+                if key != "sha256":
+                    h.update(repr(key).encode())
+                    walk(value)
+        elif isinstance(obj, (list, tuple)):
+            for value in obj:
+                walk(value)
+        else:
+            h.update(repr(obj).encode())
+
+    walk(payload)
+    return h.hexdigest()
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
     except Exception as e:  # a truncated or foreign file: zipfile, pickle and torch errors alike
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+        why = (str(e).splitlines() or [""])[0]
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {why})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("sha256") != _digest(ckpt):
+        raise CheckpointError(f"{path} is corrupted (its contents do not match the checksum saved with it)")
+    return ckpt
+
+
+def latest_checkpoint(ckpt_dir: Path, map_location="cpu") -> dict | None:
+    """The newest readable checkpoint in ckpt_dir (last.pt, then the step files newest first), or
+    None when there is none. An unreadable one is reported in one line and the previous one used."""
+    candidates = [p for p in [Path(ckpt_dir) / "last.pt", *step_checkpoints(ckpt_dir)] if p.is_file()]
+    bad: list[Path] = []
+    for path in candidates:
+        if any(path.samefile(b) for b in bad):  # last.pt is a link to one of the step files
+            continue
+        try:
+            ckpt = load_checkpoint(path, map_location)
+        except CheckpointError as e:
+            log.warning("%s; falling back to the previous checkpoint", e)
+            bad.append(path)
+            continue
+        log.info("resuming from %s (step %d)", path, ckpt["train_state"]["step"])
+        return ckpt
+    if bad:
+        raise CheckpointError(f"no readable checkpoint in {ckpt_dir}; train.resume=null starts the run over")
+    return None
+
+
+def resume_checkpoint(resume: str | None, ckpt_dir: Path) -> dict | None:
+    """What train.resume names: auto = this run dir's newest readable checkpoint (None on a
+    fresh run dir), a path = that file, null or none = nothing."""
+    if resume in (None, "none"):
+        return None
+    if resume == "auto":
+        return latest_checkpoint(ckpt_dir)
+    ckpt = load_checkpoint(Path(resume).expanduser())
+    log.info("resuming from %s (step %d)", resume, ckpt["train_state"]["step"])
+    return ckpt
+
+
+def check_same_model(ckpt: dict, model_cfg: GPTConfig) -> None:
+    """Refuse to resume into a different model: the error names every differing key."""
+    now = asdict(model_cfg)
+    diff = [f"{k}={ckpt['model_config'].get(k)} in the checkpoint, {v} now" for k, v in now.items()
+            if ckpt["model_config"].get(k) != v]
+    if diff:
+        raise CheckpointError(f"cannot resume step {ckpt['train_state']['step']}: the model differs in "
+                              f"{'; '.join(diff)}. Resume with the same model.*, or start over with "
+                              "train.resume=null or a new run dir")
 
 
 def load_model(path: str | Path, map_location="cpu") -> tuple[GPT, Tokenizer, dict]:

@@ -6,12 +6,13 @@ value is rejected by OmegaConf when Hydra composes; `validate` adds the cross-fi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from lmlab.model import GPTConfig
+if TYPE_CHECKING:  # importing torch takes seconds: a mistyped override is answered without it
+    from lmlab.model import GPTConfig
 
 
 class ConfigError(ValueError):
@@ -78,6 +79,9 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     log_every: int = 10
+    resume: Optional[str] = "auto"  # auto: this run dir's newest readable checkpoint, if any | PATH | null: start over
+    checkpoint_every: Optional[int] = None  # null = eval_every; a resume point need not cost an evaluation
+    keep_checkpoints: int = 2  # newest step-NNNNNNN.pt files kept; best.pt is kept besides
 
 
 @dataclass
@@ -85,6 +89,9 @@ class EvalConfig:
     batch_size: int = 16
     stride: Optional[int] = None  # null: non-overlapping windows; k: sliding windows scoring k new tokens each
     max_batches: Optional[int] = None  # null = the whole split (the only number to report)
+    sample_tokens: int = 32  # tokens sampled per prompt at each evaluation into samples.jsonl; 0 = none
+    sample_prompts: list = field(default_factory=lambda: [
+        " = Valkyria Chronicles = \n", " The game was released in", " In 1990 , the"])
 
 
 @dataclass
@@ -134,7 +141,8 @@ def validate(cfg: DictConfig) -> None:
     _positive(cfg, ["model.d_model", "model.n_heads", "model.n_layers", "model.d_ff_ratio",
                     "model.max_seq_len", "tokenizer.vocab_size", "schedule.peak_lr",
                     "train.max_steps", "train.max_tokens", "train.batch_size", "train.grad_accum",
-                    "train.eval_every", "train.log_every", "eval.batch_size", "eval.max_batches", "eval.stride"])
+                    "train.eval_every", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                    "eval.batch_size", "eval.max_batches", "eval.stride"])
     if cfg.model.d_model % cfg.model.n_heads:
         raise ConfigError("model.n_heads", f"d_model={cfg.model.d_model} is not divisible by "
                           f"n_heads={cfg.model.n_heads}")
@@ -142,6 +150,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("model.dropout", f"must be in [0, 1), got {cfg.model.dropout}")
     if cfg.schedule.warmup_steps < 0:
         raise ConfigError("schedule.warmup_steps", f"must be >= 0, got {cfg.schedule.warmup_steps}")
+    if cfg.eval.sample_tokens < 0:
+        raise ConfigError("eval.sample_tokens", f"must be >= 0 (0 = no samples), got {cfg.eval.sample_tokens}")
     if not 0.0 <= cfg.schedule.min_lr_ratio <= 1.0:
         raise ConfigError("schedule.min_lr_ratio", f"must be in [0, 1], got {cfg.schedule.min_lr_ratio}")
     if cfg.train.max_steps is None and cfg.train.max_tokens is None:
@@ -159,6 +169,8 @@ def validate(cfg: DictConfig) -> None:
 
 
 def gpt_config(cfg: DictConfig, vocab_size: int) -> GPTConfig:
+    from lmlab.model import GPTConfig
+
     m = cfg.model
     return GPTConfig(vocab_size=vocab_size, d_model=m.d_model, n_heads=m.n_heads, n_layers=m.n_layers,
                      d_ff=ModelConfig.d_ff(m), max_seq_len=m.max_seq_len, dropout=m.dropout)

@@ -1,7 +1,95 @@
-"""Errors a user causes and can fix: reported in one line, never as a traceback."""
-from lmlab.checkpoint import CheckpointError
-from lmlab.config import ConfigError
-from lmlab.data import DataError
-from lmlab.train import TrainingDiverged
+"""Errors a user causes and can fix, reported in one line instead of a traceback, and exit statuses.
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged)
+Exit status: 0 done; 1 a bug (with its traceback); 2 bad input, or training diverged;
+75 (EX_TEMPFAIL) stopped by a signal after saving a checkpoint: run the same command again;
+130 interrupted (Ctrl-C) before training began, so with nothing to save.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from hydra.errors import HydraException, OverrideParseException
+from omegaconf.errors import OmegaConfBaseException
+
+from lmlab.config import ConfigError
+
+EXIT_BAD_INPUT = 2
+EXIT_PREEMPTED = 75
+EXIT_INTERRUPTED = 130
+_FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user's wish, read before report_errors sets it
+# What can go wrong before any compute is told apart without importing torch (which takes
+# seconds), so a mistyped override is answered at once.
+_BEFORE_COMPUTE = (ConfigError, HydraException, OmegaConfBaseException, OSError)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Every error a user causes and can fix."""
+    from lmlab.checkpoint import CheckpointError
+    from lmlab.data import DataError
+    from lmlab.train import TrainingDiverged
+
+    return (*_BEFORE_COMPUTE, DataError, CheckpointError, TrainingDiverged)
+
+
+# Hydra's reports end in a config search path and a docs link, and OmegaConf's repeat the key
+# and its types on indented lines: none of it says more than the first lines do.
+_STOP = ("Config search path", "See https://hydra.cc")
+_NOISE = ("full_key:", "reference_type=", "object_type=", "To append to your config")
+
+
+def one_line(e: BaseException) -> str:
+    """A Hydra, OmegaConf or lmlab error as one line; indented option lists become comma lists."""
+    if isinstance(e, OSError) and e.filename:
+        return f"cannot write or read {e.filename}: {e.strerror}"
+    text = str(e)
+    if isinstance(e, OverrideParseException):
+        text = f"cannot parse the override {e.override!r}: {text}"
+    if isinstance(e.__cause__, OmegaConfBaseException):
+        text += "\n" + str(e.__cause__)
+    parts: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith(_STOP):
+            break
+        if not line or line.startswith(_NOISE):
+            continue
+        if raw.startswith("\t") and parts:
+            parts[-1] += (" " if parts[-1].endswith(":") else ", ") + line
+        else:
+            parts.append(line.rstrip("."))
+    return "; ".join(parts)
+
+
+def exit_for(e: BaseException, prog: str = "lmlab") -> None:
+    """Exit for a user's mistake (one line on stderr, status 2) or a preemption (its message, 75);
+    return for anything else, a bug, whose traceback the caller lets through."""
+    if not isinstance(e, _BEFORE_COMPUTE):
+        from lmlab.train import Preempted
+
+        if isinstance(e, Preempted):
+            print(f"{prog}: {e}", file=sys.stderr)
+            sys.exit(EXIT_PREEMPTED)
+        if not isinstance(e, user_errors()):
+            return
+    if not _FULL_ERROR:
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def report_errors(entry: Callable[[], object], prog: str = "lmlab") -> None:
+    """Run a Hydra entry point, reporting through `exit_for` what goes wrong before or after the
+    task function (which calls `exit_for` itself: Hydra would add a line to what it re-raises)."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then re-raises instead of printing its own report
+    try:
+        entry()
+    except KeyboardInterrupt:  # during training a Ctrl-C is a stop signal; before, nothing is lost
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:
+        exit_for(e, prog)
+        raise
+    finally:
+        if not _FULL_ERROR:
+            os.environ.pop("HYDRA_FULL_ERROR", None)

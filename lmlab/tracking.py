@@ -8,6 +8,7 @@ import json
 import math
 import netrc
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from lmlab.atomic import write_text
@@ -19,9 +20,11 @@ def _finite(record: dict) -> dict:
 
 
 def wandb_mode(logger_cfg) -> str:
-    """online when an API key is configured, offline otherwise; logger.mode overrides."""
+    """online when an API key is configured, offline otherwise; logger.mode, then WANDB_MODE, override."""
     if logger_cfg.mode:
         return logger_cfg.mode
+    if os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
+        return os.environ["WANDB_MODE"]
     if os.environ.get("WANDB_API_KEY"):
         return "online"
     try:
@@ -31,15 +34,19 @@ def wandb_mode(logger_cfg) -> str:
 
 
 class Tracker:
+    """One job's records. `close()` must run in a finally: W&B keeps one active run per process,
+    so a multirun job that left its run open would log into the next job's."""
+
     def __init__(self, run_dir: Path, logger_cfg, config: dict, group: str, name: str,
-                 resume_id: str | None = None):
+                 resume_id: str | None = None, tags: Sequence[str] = ()):
         self.run_dir = Path(run_dir)
         self.run = None
+        self.done = False
         if logger_cfg.kind == "wandb":
             import wandb
 
             self.run = wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, group=group,
-                                  name=name, tags=list(logger_cfg.tags), config=config,
+                                  name=name, tags=[*logger_cfg.tags, *tags], config=config,
                                   dir=str(self.run_dir), mode=wandb_mode(logger_cfg),
                                   id=resume_id, resume="allow" if resume_id else None)
             self.run.define_metric("tokens")
@@ -63,11 +70,13 @@ class Tracker:
             self.run.log({key: wandb.Table(columns=columns, data=rows)})
 
     def write_summary(self, summary: dict) -> None:
+        self.done = summary.get("status") == "done"
         write_text(self.run_dir / "summary.json", json.dumps(_finite(summary), indent=1))
         if self.run is not None:
             self.run.summary.update({k: v for k, v in summary.items() if v is not None})
 
     def close(self) -> None:
+        """Finish the W&B run; it is marked failed unless a `done` summary was written."""
         if self.run is not None:
-            self.run.finish()
+            self.run.finish(exit_code=0 if self.done else 1)
             self.run = None

@@ -1,8 +1,11 @@
 """The training loop, and TrainState: everything beyond the weights that a resumed run needs."""
 from __future__ import annotations
 
+import json
 import math
 import random
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -12,8 +15,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lmlab.atomic import write_text
 from lmlab.config import ConfigError
-from lmlab.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
+from lmlab.checkpoint import (link_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint,
+                              step_checkpoint)
 from lmlab.data import IGNORE, Sampler, Split, collate, document_rows, packed_rows, strided_rows
 from lmlab.evaluate import EvalResult, batch_loss, evaluate
 from lmlab.model import GPT
@@ -21,6 +26,36 @@ from lmlab.model import GPT
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+class Preempted(Exception):
+    """A stop signal arrived; a checkpoint of the current step was saved first."""
+
+
+class StopSignals:
+    """SIGTERM, SIGINT and SIGUSR1 (what SLURM sends before a kill) only set `received`, so the
+    loop can checkpoint at the next step boundary; a second signal then acts as it normally would."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+    def __enter__(self):
+        self.received: str | None = None
+        # Handlers can only be installed from the main thread; elsewhere signals keep their meaning.
+        main = threading.current_thread() is threading.main_thread()
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS} if main else {}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 @dataclass
@@ -107,45 +142,73 @@ def eval_rows(cfg, split: Split) -> np.ndarray:
     return packed_rows(len(split.tokens), cfg.model.max_seq_len)
 
 
+def rewind_records(run_dir: Path, step: int) -> None:
+    """Drop the run dir's .jsonl records (metrics, samples) logged after `step`: a run resumed from
+    that step logs them again. A line cut short by a kill is dropped too."""
+    for path in run_dir.glob("*.jsonl"):
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", step) <= step:
+                    kept.append(line + "\n")
+            except ValueError:
+                continue
+        write_text(path, "".join(kept))
+
+
 def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir: Path,
           config: dict, resume: dict | None = None, on_eval=None) -> dict:
-    """Train until train.max_steps or train.max_tokens, evaluating and checkpointing every
-    train.eval_every steps; then score validation and test with the best checkpoint.
+    """Train until train.max_steps or train.max_tokens, evaluating every train.eval_every steps and
+    checkpointing every train.checkpoint_every; then score validation and test with the best checkpoint.
 
-    `resume` is a loaded checkpoint to continue from; `on_eval(model, state)` runs after each
-    evaluation (used to write samples). Returns the summary.
+    `resume` is a loaded checkpoint to continue from exactly; `on_eval(model, state)` runs after
+    each evaluation (used to write samples). A stop signal checkpoints and raises Preempted; a
+    non-finite loss raises TrainingDiverged, leaving the last good checkpoint. Returns the summary.
     """
     tcfg, eos = cfg.train, tokenizer.eos_id
     device = resolve_device(tcfg.device)
     autocast = autocast_for(device, tcfg.precision)
     model.to(device)
     opt = make_optimizer(model, tcfg, fused=device.type == "cuda")
+    ckpt_dir = run_dir / "checkpoints"
     state = TrainState()
     if resume is not None:
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         state = TrainState(**resume["train_state"])
         restore_rng(state.rng)
+        if not (ckpt_dir / "best.pt").is_file():  # resumed from elsewhere: best.pt is this run dir's
+            state.best_val_loss, state.best_val = math.inf, {}
     else:
         torch.manual_seed(tcfg.seed)
+    rewind_records(run_dir, state.step if resume is not None else -1)
     state.wandb_run_id = tracker.run_id
 
     rows = {"train": train_rows(cfg, splits["train"], eos), "validation": eval_rows(cfg, splits["validation"]),
             "test": eval_rows(cfg, splits["test"])}
-    sampler = Sampler(rows["train"], tcfg.batch_size, tcfg.seed, state.epoch, state.cursor)
+    try:
+        sampler = Sampler(rows["train"], tcfg.batch_size, tcfg.seed, state.epoch, state.cursor)
+    except ValueError as e:  # more rows asked for than the data has: the user's config to fix
+        raise ConfigError("train.batch_size", str(e)) from None
     total = planned_steps(tcfg, tcfg.batch_size * tcfg.grad_accum * cfg.model.max_seq_len)
     step_model = torch.compile(model) if tcfg.compile else model
     segments = cfg.model.doc_mask
-    ckpt_dir = run_dir / "checkpoints"
+    checkpoint_every = tcfg.checkpoint_every or tcfg.eval_every
+    saved_step = state.step if resume is not None else None
 
     def run_eval(split: str) -> EvalResult:
         return evaluate(model, splits[split], rows[split], eos, cfg.eval.batch_size, device, autocast,
                         segments, cfg.eval.max_batches)
 
-    def save(path: Path) -> None:
+    def checkpoint() -> None:
+        nonlocal saved_step
         state.epoch, state.cursor = sampler.epoch, sampler.cursor
         state.rng = capture_rng()
+        path = step_checkpoint(ckpt_dir, state.step)
         save_checkpoint(path, model, tokenizer.ref, asdict(state), config, opt)
+        link_checkpoint(path, ckpt_dir / "last.pt")
+        prune_checkpoints(ckpt_dir, tcfg.keep_checkpoints)
+        saved_step = state.step
 
     def done() -> bool:
         return state.step >= total or (tcfg.max_tokens is not None and state.tokens >= tcfg.max_tokens)
@@ -157,54 +220,67 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
         improved = val.loss < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_val = val.loss, val.metrics("val")
-        save(ckpt_dir / "last.pt")
+        if on_eval is not None:  # before the checkpoint, so the RNG it saves is the one training goes on with
+            on_eval(model, state)
+        checkpoint()
         if improved:
             link_checkpoint(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
-        if on_eval is not None:
-            on_eval(model, state)
         return val
 
-    # Step 0 is scored too: the untrained baseline every curve starts from.
-    val = eval_and_checkpoint(None, lr_at(0, cfg.schedule, total), None) if state.step == 0 else None
-    # Throughput excludes the first steps of this process: compilation and allocator warm-up
-    # make them several times slower than the rest.
-    skip = min(5, total // 10)
-    timed_tokens, timed_s, started = 0, 0.0, time.perf_counter()
-    model.train()
-    bar = tqdm(total=total, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
-    while not done():
-        t0 = time.perf_counter()
-        lr = lr_at(state.step, cfg.schedule, total)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss_sum, n_tokens = 0.0, 0
-        for _ in range(tcfg.grad_accum):
-            batch = collate(splits["train"].tokens, sampler.next_rows(), eos, segments)
-            loss = batch_loss(step_model, batch, device, autocast) / tcfg.grad_accum
-            loss.backward()
-            loss_sum += loss.item()
-            n_tokens += int((batch["y"] != IGNORE).sum())
-        if not math.isfinite(loss_sum):
-            raise TrainingDiverged(f"loss is {loss_sum} at step {state.step}")
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        state.step += 1
-        state.tokens += n_tokens
-        if state.step > skip:
-            timed_tokens, timed_s = timed_tokens + n_tokens, timed_s + time.perf_counter() - t0
-        tokens_per_s = timed_tokens / timed_s if timed_s else None
-        bar.update(1)
-        if state.step % tcfg.log_every == 0:
-            bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tokens_per_s or 0:,.0f}")
-        if state.step % tcfg.eval_every == 0 or done():
-            val = eval_and_checkpoint(loss_sum, lr, tokens_per_s)
-    bar.close()
+    tokens_per_s = None
+    # From the first evaluation on, a stop signal waits for a step boundary; the bar is closed before
+    # any error is printed, so the error gets a line of its own.
+    with StopSignals() as stop, tqdm(total=total, initial=state.step, desc="train", unit="step",
+                                     dynamic_ncols=True) as bar:
+        # Step 0 is scored too: the untrained baseline every curve starts from.
+        val = eval_and_checkpoint(None, lr_at(0, cfg.schedule, total), None) if resume is None else None
+        # Throughput excludes the first steps of this process: compilation and allocator warm-up
+        # make them several times slower than the rest.
+        skip = min(5, total // 10)
+        timed_tokens, timed_s, started = 0, 0.0, time.perf_counter()
+        model.train()
+        while not done():
+            t0 = time.perf_counter()
+            lr = lr_at(state.step, cfg.schedule, total)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss_sum, n_tokens = 0.0, 0
+            for _ in range(tcfg.grad_accum):
+                batch = collate(splits["train"].tokens, sampler.next_rows(), eos, segments)
+                loss = batch_loss(step_model, batch, device, autocast) / tcfg.grad_accum
+                loss.backward()
+                loss_sum += loss.item()
+                n_tokens += int((batch["y"] != IGNORE).sum())
+            if not math.isfinite(loss_sum):
+                raise TrainingDiverged(f"training diverged: loss is {loss_sum} at step {state.step}; "
+                                       f"the last good checkpoint is {ckpt_dir / 'last.pt'} (step {saved_step})")
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            state.step += 1
+            state.tokens += n_tokens
+            if state.step > skip:
+                timed_tokens, timed_s = timed_tokens + n_tokens, timed_s + time.perf_counter() - t0
+            tokens_per_s = timed_tokens / timed_s if timed_s else None
+            bar.update(1)
+            if state.step % tcfg.log_every == 0:
+                bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tokens_per_s or 0:,.0f}")
+            if state.step % tcfg.eval_every == 0 or done():
+                val = eval_and_checkpoint(loss_sum, lr, tokens_per_s)
+            elif state.step % checkpoint_every == 0:
+                checkpoint()
+            if stop.received:
+                if saved_step != state.step:
+                    checkpoint()
+                raise Preempted(f"stopped by {stop.received} at step {state.step}; checkpoint saved to "
+                                f"{ckpt_dir / 'last.pt'}. Run the same command again to resume")
+    if val is None:  # resumed after the last step: score the final weights that were not scored here
+        val = run_eval("validation")
 
     # Test is scored once, with the weights that were best on validation.
     model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", device)["model"])
     test = run_eval("test")
-    return {"status": "done", "val_ppl": val.ppl if val else state.best_val.get("val_ppl"), "best_val_ppl": math.exp(state.best_val_loss),
+    return {"status": "done", "val_ppl": val.ppl, "best_val_ppl": math.exp(state.best_val_loss),
             "best_val_loss": state.best_val_loss, **state.best_val, **test.metrics("test"),
             "eval_windows": f"stride {cfg.eval.stride}" if cfg.eval.stride else "non-overlapping",
             "n_params": model.n_params(), "n_params_non_embedding": model.n_params(non_embedding=True),

@@ -45,8 +45,9 @@ def strided_rows(n_tokens: int, seq_len: int, stride: int) -> np.ndarray:
 def collate(tokens: np.ndarray, rows: np.ndarray, eos_id: int, segments: bool = False) -> dict:
     """Right-padded batch: x, y (IGNORE where padded or not scored), pad_mask, optional segments.
 
-    segments[b, t] counts the EOS tokens before position t, so a document mask can keep tokens
-    from attending across an EOS into the previous document.
+    segments[b, t] counts the EOS tokens up to and including position t: an EOS opens the next
+    document, as the beginning-of-text token that `document_rows` and generation also put first,
+    so under a document mask nothing from the EOS on sees the previous document.
     """
     width = int((rows[:, 1] - rows[:, 0]).max()) - 1
     x = np.full((len(rows), width), eos_id, dtype=np.int64)
@@ -59,8 +60,7 @@ def collate(tokens: np.ndarray, rows: np.ndarray, eos_id: int, segments: bool = 
         y[i, :max(0, score_from - start - 1)] = IGNORE
     batch = {"x": torch.from_numpy(x), "y": torch.from_numpy(y), "pad_mask": torch.from_numpy(pad)}
     if segments:
-        is_eos = torch.from_numpy(x == eos_id).long()
-        batch["segments"] = torch.cumsum(is_eos, dim=1) - is_eos
+        batch["segments"] = torch.cumsum(torch.from_numpy(x == eos_id).long(), dim=1)
     return batch
 
 

@@ -2,8 +2,9 @@
 
 Layout: <cache_dir>/<data.name>-<source key>/<tokenizer>/{tokenizer.json, <split>.bin, <split>.json}.
 The .json beside each .bin records its dtype, length, checksum and the split's word and byte
-counts (for word-level perplexity and bits per byte). Files are written then renamed, so two
-jobs building the same cache at once never leave a half-written file behind.
+counts (for word-level perplexity and bits per byte). Files are written then renamed, and a
+job builds the folder under a lock on its `.lock` file: parallel jobs that need the same cache
+wait for the first to build it, then read it, so none sees a half-written file or repeats the work.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lmlab.atomic import atomic_path, write_text
+from lmlab.atomic import atomic_path, file_lock, write_text
 from lmlab.data.sources import SPLITS, DataError, documents, read_split, source_key, word_count
 from lmlab.data.tokenizer import Tokenizer, load_or_train
 
@@ -62,6 +63,7 @@ def _load_cached(folder: Path, split: str) -> Split | None:
 def _tokenize(tok: Tokenizer, lines: list[str], split: str, folder: Path) -> Split:
     if not any(line.strip() for line in lines):
         raise DataError(f"the {split} split is empty")
+    log.info("tokenizing the %s split into %s", split, folder)
     docs = documents(lines)
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
     chunks = []
@@ -89,9 +91,9 @@ def load_splits(data_cfg, tok_cfg) -> tuple[Tokenizer, dict[str, Split]]:
             lines[split] = read_split(data_cfg, split)
         return lines[split]
 
-    tok = load_or_train(tok_cfg.kind, tok_cfg.vocab_size,
-                        lambda: documents(split_lines("train")), folder / "tokenizer.json")
-    splits = {}
-    for split in SPLITS:
-        splits[split] = _load_cached(folder, split) or _tokenize(tok, split_lines(split), split, folder)
+    with file_lock(folder / ".lock"):
+        tok = load_or_train(tok_cfg.kind, tok_cfg.vocab_size,
+                            lambda: documents(split_lines("train")), folder / "tokenizer.json")
+        splits = {split: _load_cached(folder, split) or _tokenize(tok, split_lines(split), split, folder)
+                  for split in SPLITS}
     return tok, splits

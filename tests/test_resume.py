@@ -1,0 +1,135 @@
+"""Exact resume: a run killed with SIGKILL and restarted ends bit-identical to one never stopped;
+a killed sweep relaunched into its sweep dir finishes every job, none of them trained twice."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lmlab.checkpoint import load_checkpoint
+from tests.conftest import MINI, REPO, needs_mini, run_cli
+
+pytestmark = needs_mini
+
+# Dropout and gradient accumulation on, so the RNG and the data position must both come back exactly;
+# evaluations (every 5) and checkpoints (every 2) fall on different steps.
+RUN = [f"data.local_dir={MINI}", "model.d_model=32", "model.n_heads=2", "model.n_layers=2",
+       "model.max_seq_len=32", "model.dropout=0.1", "tokenizer.vocab_size=512", "train.batch_size=4",
+       "train.grad_accum=2", "eval.batch_size=64", "eval.max_batches=2", "eval.sample_tokens=0",
+       "logger=none", "schedule.warmup_steps=4", "train.max_steps=16", "train.eval_every=5",
+       "train.checkpoint_every=2", "train.keep_checkpoints=3"]
+# One thread in every process, so each sum is reduced in the same order run after run.
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def newest_step(ckpt_dir: Path) -> int:
+    return max((int(p.stem.split("-")[1]) for p in ckpt_dir.glob("step-*.pt")), default=-1)
+
+
+def kill_when(args: list[str], ready, log: Path, delay: float = 0.0) -> None:
+    """Start `python -m lmlab ARGS`; SIGKILL it `delay` seconds after `ready()` first holds."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "lmlab", *args], cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT, env={**os.environ, **ENV})
+        try:
+            while not ready():
+                assert proc.poll() is None, f"ended before it was killed:\n{log.read_text()[-3000:]}"
+                time.sleep(0.005)
+            time.sleep(delay)
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    # Throughput is wall-clock; everything else must match to the last bit.
+    return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_identical(ref: Path, run: Path) -> None:
+    a, b = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (ref, run))
+    assert a["train_state"]["step"] == b["train_state"]["step"] == 16
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for pid, state in a["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][pid][key]), (pid, key)
+    assert {k: v for k, v in a["train_state"].items() if k != "rng"} == \
+           {k: v for k, v in b["train_state"].items() if k != "rng"}
+    assert metrics(run) == metrics(ref)  # each step logged once, with the same losses
+
+
+def test_killed_runs_resume_bit_identical(tmp_path):
+    ref = tmp_path / "ref"
+    r = run_cli([*RUN, f"hydra.run.dir={ref}"], cwd=REPO, env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [m["step"] for m in metrics(ref)] == [0, 5, 10, 15, 16]
+    # Checkpoints at 0, 2, 4, 5, 6, ..., 14, 15, 16: the newest 3 are kept, and best.pt besides.
+    ckpts = ref / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step-*.pt")) == [f"step-{s:07d}.pt" for s in (14, 15, 16)]
+    assert (ckpts / "last.pt").samefile(ckpts / "step-0000016.pt") and (ckpts / "best.pt").is_file()
+
+    resumed_from = []
+    for i, (after_step, delay) in enumerate([(2, 0.0), (7, 0.03), (11, 0.01)]):
+        run = tmp_path / f"killed{i}"
+        kill_when([*RUN, f"hydra.run.dir={run}"], lambda: newest_step(run / "checkpoints") >= after_step,
+                  tmp_path / f"killed{i}.log", delay)
+        assert not (run / "summary.json").exists()  # really cut short
+        step = load_checkpoint(run / "checkpoints" / "last.pt")["train_state"]["step"]
+        assert after_step <= step < 16
+        if i == 2:
+            # A torn last.pt (and the step file it links to): the previous checkpoint is used instead.
+            last = run / "checkpoints" / "last.pt"
+            step = max(int(p.stem[5:]) for p in last.parent.glob("step-*.pt") if not p.samefile(last))
+            with open(last, "r+b") as f:
+                f.truncate(1000)
+        r = run_cli([*RUN, f"hydra.run.dir={run}"], cwd=REPO, env=ENV)
+        assert r.returncode == 0, r.stderr[-3000:]
+        warnings = [line for line in r.stdout.splitlines() if "falling back" in line]
+        assert len(warnings) == (1 if i == 2 else 0), r.stdout
+        assert f"(step {step})" in next(line for line in r.stdout.splitlines() if "resuming from" in line)
+        resumed_from.append(step)
+        assert_identical(ref, run)
+        assert json.loads((run / "summary.json").read_text())["status"] == "done"
+    print("resumed from steps", resumed_from)
+
+
+SWEEP = [f"data.local_dir={MINI}", "model.d_model=32", "model.n_heads=2", "model.n_layers=2",
+         "model.max_seq_len=32", "tokenizer.vocab_size=512", "train.batch_size=8", "eval.max_batches=2",
+         "eval.sample_tokens=0", "logger=none", "train.max_steps=8", "train.eval_every=4",
+         "train.checkpoint_every=2", "train.seed=0,1,2"]
+
+
+def snapshot(job: Path) -> dict:
+    files = [job / "metrics.jsonl", job / "summary.json", *sorted((job / "checkpoints").iterdir())]
+    return {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in files}
+
+
+def test_killed_sweep_relaunched_finishes_every_job_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *SWEEP, f"hydra.sweep.dir={sweep}"]
+
+    def job(seed: int) -> Path | None:
+        return next(iter(sweep.glob(f"*train.seed={seed}")), None)
+
+    kill_when(args, lambda: job(1) is not None and newest_step(job(1) / "checkpoints") >= 2,
+              tmp_path / "killed.log")
+    assert json.loads((job(0) / "summary.json").read_text())["status"] == "done"
+    assert not (job(1) / "summary.json").exists() and job(2) is None
+    done_before = snapshot(job(0))
+
+    r = run_cli(args, cwd=REPO, env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for seed in (0, 1, 2):
+        assert json.loads((job(seed) / "summary.json").read_text())["status"] == "done", seed
+        assert [m["step"] for m in metrics(job(seed))] == [0, 4, 8], seed
+    assert snapshot(job(0)) == done_before  # skipped: not a byte or a timestamp changed
+    log = r.stdout.splitlines()
+    assert sum("skipped:" in line and "train.seed=0" in line for line in log) == 1
+    resumed = [line for line in log if "resuming from" in line]
+    assert len(resumed) == 1 and "train.seed=1" in resumed[0] and "(step 0)" not in resumed[0]

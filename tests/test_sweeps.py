@@ -1,0 +1,163 @@
+"""Sweeps as a user runs them (`python -m lmlab -m sweep=...` in a subprocess, shrunk): one job dir
+per job with the overrides in effect, one offline W&B run per job, failed jobs recorded while the
+sweep goes on, Optuna's result, and the report over a real sweep dir."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_module
+
+from tests.conftest import MINI, REPO, TINY, needs_mini, run_cli
+from tests.test_tracking import read_offline_run
+
+SWEEPS = REPO / "sweeps"
+# TINY, two optimizer steps (8 rows x 32 tokens each), two validation batches per evaluation.
+SHRINK = [f"data.local_dir={MINI}", *TINY, "train.max_tokens=512", "eval.max_batches=2"]
+# On shared CPUs torch's default thread pool spins against the other processes: one thread is
+# many times faster there, and changes no result these tests check.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_module(config_module="lmlab.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def _overrides(job_dir: Path) -> dict[str, str]:
+    """What Hydra recorded as this job's overrides: the swept values plus the command line."""
+    return dict(item.split("=", 1) for item in yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()))
+
+
+def _summary(job_dir: Path) -> dict:
+    return json.loads((job_dir / "summary.json").read_text())
+
+
+def _metrics(job_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", ["size", "dff_ratio", "context", "warmup", "rootcause", "optuna"])
+def test_every_sweep_stops_on_tokens_in_its_own_dir_and_yields_to_the_user(name):
+    cfg = _compose([f"sweep={name}"])
+    assert cfg.hydra.sweep.dir.startswith(f"outputs/sweeps/{name}/")
+    assert cfg.train.max_steps is None and cfg.train.max_tokens == 40_960_000
+    assert cfg.hydra.sweeper.params  # it really sweeps something
+    shrunk = _compose([f"sweep={name}", "train.max_tokens=1000", "model.d_model=64", f"data.local_dir={MINI}"])
+    assert (shrunk.train.max_tokens, shrunk.model.d_model, shrunk.data.local_dir) == (1000, 64, str(MINI))
+
+
+def test_optuna_sweep_is_a_seeded_tpe_search_that_survives_failures():
+    sweeper = _compose(["sweep=optuna"]).hydra.sweeper
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed is not None
+    assert sweeper.direction == "minimize" and sweeper.max_failure_rate > 0
+    assert set(sweeper.params) == {"schedule.peak_lr", "schedule.warmup_steps", "train.weight_decay", "model.dropout"}
+    assert sweeper.params["schedule.peak_lr"].startswith("tag(log")
+
+
+def test_rootcause_arms_change_one_factor_at_a_time_from_the_seed():
+    params = _compose(["sweep=rootcause"]).hydra.sweeper.params
+    arms = params["+variant"].split(",")
+    assert sorted(arms) == sorted(p.stem for p in (SWEEPS / "variant").glob("*.yaml"))
+    assert params["train.seed"] == "0,1"
+
+    def factors(arm: str) -> dict:
+        cfg = _compose(["sweep=rootcause", f"+variant={arm}"])
+        return {"size": (cfg.model.d_model, cfg.model.n_heads, cfg.model.n_layers), "ratio": cfg.model.d_ff_ratio,
+                "context": cfg.model.max_seq_len, "warmup": cfg.schedule.name}
+
+    baseline = factors("baseline")
+    assert baseline == {"size": (256, 4, 4), "ratio": 2, "context": 256, "warmup": "none"}
+    for arm in arms:
+        changed = {k for k, v in factors(arm).items() if v != baseline[k]}
+        expected = {"baseline": set(), "all_fixes": set(baseline)}.get(arm, {arm})
+        assert changed == expected, arm
+
+
+@needs_mini
+def test_dff_ratio_sweep_gives_one_job_and_one_wandb_run_per_ratio(tmp_path):
+    sweep_dir = tmp_path / "dff_ratio" / "t0"
+    r = run_cli(["-m", "sweep=dff_ratio", *SHRINK, f"hydra.sweep.dir={sweep_dir}"], cwd=REPO, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = {float(_overrides(d)["model.d_ff_ratio"]): d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()}
+    assert sorted(jobs) == [1, 2, 4, 8]
+    summaries = {ratio: _summary(d) for ratio, d in jobs.items()}
+    assert all(s["status"] == "done" and s["tokens_seen"] == 512 for s in summaries.values())
+    # Each layer's MLP holds d x ff + ff + ff x d + d parameters: ratios differ by 2*d*dff + dff.
+    d_model, n_layers = 32, 2
+    for ratio, s in summaries.items():
+        dff = int(ratio * d_model) - d_model
+        assert s["n_params"] - summaries[1]["n_params"] == n_layers * (2 * d_model * dff + dff)
+
+    runs = {ratio: read_offline_run(d) for ratio, d in jobs.items()}
+    assert len({run["id"] for run in runs.values()}) == 4  # consecutive jobs never share a run
+    for ratio, run in runs.items():
+        assert run["id"] == (jobs[ratio] / "wandb_run_id").read_text()
+        assert run["group"] == "dff_ratio/t0"  # the sweep name and timestamp
+        assert run["name"] == jobs[ratio].name and f"model.d_ff_ratio={ratio:g}" in run["name"]
+        assert {"sweep=dff_ratio", "model=small"} <= set(run["tags"])
+        assert run["config"]["model"]["d_ff_ratio"] == ratio
+        assert run["config"]["derived"]["d_ff"] == ratio * d_model
+        assert run["config"]["derived"]["n_params"] == summaries[ratio]["n_params"]
+        assert run["summary"]["best_val_ppl"] == pytest.approx(summaries[ratio]["best_val_ppl"])
+        assert run["summary"]["test_ppl"] == pytest.approx(summaries[ratio]["test_ppl"])
+        assert run["summary"]["tokens"] == 512 and run["exit_code"] == 0
+
+
+@needs_mini
+def test_warmup_sweep_goes_on_past_failed_jobs_and_the_report_shows_them(tmp_path):
+    sweep_dir = tmp_path / "warmup"
+    # n_heads=3 does not divide d_model=32 (the job raises before training); a peak LR of 1e30
+    # sends the loss to NaN at the first step. Only 2 of the 8 jobs can finish; all 8 must run.
+    r = run_cli(["-m", "sweep=warmup", *SHRINK, "model.n_heads=2,3", "schedule.peak_lr=1e-3,1e30", "logger=none",
+                 f"hydra.sweep.dir={sweep_dir}"], cwd=REPO, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = {d.name: d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()}
+    assert len(jobs) == 8
+    for name, d in jobs.items():
+        summary = _summary(d)
+        if "model.n_heads=3" in name:
+            assert summary["status"] == "failed" and "model.n_heads" in summary["reason"]
+        elif "peak_lr=1e+30" in name:  # Hydra writes the float back as 1e+30
+            assert summary["status"] == "failed" and "loss is nan" in summary["reason"]
+        else:
+            assert summary["status"] == "done" and math.isfinite(summary["best_val_ppl"])
+        assert not (d / "wandb").exists() and not (d / "wandb_run_id").exists()  # logger=none
+
+    def first_lr(schedule: str) -> float:
+        [job] = [d for name, d in jobs.items() if f"schedule={schedule}" in name and "n_heads=2" in name
+                 and "peak_lr=0.001" in name]
+        return _metrics(job)[0]["lr"]
+
+    assert first_lr("none") == pytest.approx(1e-3)  # constant from step 0
+    assert first_lr("warmup") == pytest.approx(1e-3 / 2000)  # the first of 2000 warmup steps
+
+    r = run_cli([str(sweep_dir)], cwd=REPO, module="lmlab.report")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = (sweep_dir / "report.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 8
+    assert sum("failed: ConfigError: model.n_heads" in row for row in rows) == 4
+    assert sum("failed: TrainingDiverged" in row for row in rows) == 2
+    assert sum(row.endswith("| done |") for row in rows) == 2
+    for png in ("best_val_ppl_by_schedule.png", "best_val_ppl_by_model.n_heads.png",
+                "best_val_ppl_by_schedule.peak_lr.png", "val_loss_curves.png"):
+        assert (sweep_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+        assert f"({png})" in report
+
+
+@needs_mini
+def test_optuna_sweep_writes_a_finite_best_value(tmp_path):
+    sweep_dir = tmp_path / "optuna"
+    r = run_cli(["-m", "sweep=optuna", "hydra.sweeper.n_trials=3", *SHRINK, "logger=none",
+                 f"hydra.sweep.dir={sweep_dir}"], cwd=REPO, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert math.isfinite(result["best_value"])
+    assert set(result["best_params"]) == {"schedule.peak_lr", "schedule.warmup_steps", "train.weight_decay",
+                                          "model.dropout"}
+    trials = sorted(d for d in sweep_dir.iterdir() if (d / "summary.json").exists())
+    assert [d.name for d in trials] == ["0", "1", "2"]
+    best = min(_summary(d)["best_val_loss"] for d in trials)
+    assert result["best_value"] == pytest.approx(best)  # the objective is the best validation loss
