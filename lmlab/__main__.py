@@ -57,13 +57,21 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
                         on_eval=eval_sampler(cfg, tokenizer, tracker, run_dir))
         tracker.write_summary(summary)  # before close: it also fills the W&B run's summary
     except Exception as e:
-        status = "preempted" if isinstance(e, Preempted) else "failed"
-        tracker.write_summary({"status": status, "reason": f"{type(e).__name__}: {e}", **derived})
+        if finished_summary(run_dir) is None:  # a finished run's results outlive a failed relaunch
+            status = "preempted" if isinstance(e, Preempted) else "failed"
+            tracker.write_summary({"status": status, "reason": f"{type(e).__name__}: {e}", **derived})
         raise
     finally:
         tracker.close()
     log.info("done: best val ppl %.2f, test ppl %.2f, %s", summary["best_val_ppl"], summary["test_ppl"], run_dir)
     return objective(summary)
+
+
+def finished_summary(run_dir: Path) -> dict | None:
+    """The summary.json of a run that finished, else None."""
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return summary if summary.get("status") == "done" else None
 
 
 def objective(summary: dict) -> float:
@@ -82,11 +90,9 @@ def hydra_main(cfg: DictConfig) -> float:
     try:
         validate(cfg)
         # A relaunched sweep reuses its job dirs (named from the overrides): done jobs are not rerun.
-        if multirun and cfg.train.resume == "auto" and summary_path.is_file():
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-            if summary.get("status") == "done":
-                log.info("skipped: %s is done already (summary.json)", run_dir)
-                return objective(summary)
+        if multirun and cfg.train.resume == "auto" and finished_summary(run_dir) is not None:
+            log.info("skipped: %s is done already (summary.json)", run_dir)
+            return objective(finished_summary(run_dir))
         return run(cfg, run_dir)
     except Exception as e:
         reason = f"{type(e).__name__}: {e}"

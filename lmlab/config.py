@@ -5,6 +5,7 @@ value is rejected by OmegaConf when Hydra composes; `validate` adds the cross-fi
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -121,6 +122,16 @@ def register_configs() -> None:
                         ("tokenizer", TokenizerConfig), ("train", TrainConfig), ("eval", EvalConfig),
                         ("logger", LoggerConfig)]:
         cs.store(group=group, name=f"base_{group}", node=node)
+    OmegaConf.register_new_resolver("lmlab.dirname", job_dirname, replace=True)
+
+
+def job_dirname(overrides: str, limit: int = 200) -> str:
+    """A sweep job's dir name: its overrides, cut to fit a file name (255 bytes) when long and
+    ended with a hash of the whole, so it stays unique and a relaunched sweep finds the same dir."""
+    if len(overrides.encode()) <= limit:
+        return overrides
+    digest = hashlib.sha256(overrides.encode()).hexdigest()[:12]
+    return f"{overrides.encode()[:limit - 13].decode(errors='ignore')}~{digest}"
 
 
 def _positive(cfg: DictConfig, keys: list[str]) -> None:

@@ -160,12 +160,12 @@ def parse_args(argv: list[str]) -> GenerateConfig:
     return OmegaConf.to_object(cfg)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
     from lmlab.checkpoint import CheckpointError, load_model
     from lmlab.train import resolve_device
 
     try:
-        cfg = parse_args(argv)
+        cfg = parse_args(sys.argv[1:] if argv is None else argv)
         device = resolve_device(cfg.device)
         model, tokenizer, _ = load_model(cfg.checkpoint, map_location=device)
         out = sample(model, tokenizer, cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
@@ -179,4 +179,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

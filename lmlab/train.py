@@ -16,9 +16,9 @@ import torch
 from tqdm import tqdm
 
 from lmlab.atomic import write_text
-from lmlab.config import ConfigError
 from lmlab.checkpoint import (link_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint,
                               step_checkpoint)
+from lmlab.config import ConfigError
 from lmlab.data import IGNORE, Sampler, Split, collate, document_rows, packed_rows, strided_rows
 from lmlab.evaluate import EvalResult, batch_loss, evaluate
 from lmlab.model import GPT
@@ -227,7 +227,7 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
             link_checkpoint(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
         return val
 
-    tokens_per_s = None
+    tokens_per_s, started = None, time.perf_counter()
     # From the first evaluation on, a stop signal waits for a step boundary; the bar is closed before
     # any error is printed, so the error gets a line of its own.
     with StopSignals() as stop, tqdm(total=total, initial=state.step, desc="train", unit="step",
@@ -237,7 +237,7 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
         # Throughput excludes the first steps of this process: compilation and allocator warm-up
         # make them several times slower than the rest.
         skip = min(5, total // 10)
-        timed_tokens, timed_s, started = 0, 0.0, time.perf_counter()
+        timed_tokens, timed_s = 0, 0.0
         model.train()
         while not done():
             t0 = time.perf_counter()

@@ -37,9 +37,10 @@ def offline_env(monkeypatch, cache_dir):
     monkeypatch.setenv("LMLAB_CACHE_DIR", str(cache_dir))
 
 
-def compose_config(overrides: list[str] = ()):
+def compose_config(overrides: list[str] = (), hydra: bool = False):
+    """The real config, as the CLI composes it (with the `hydra` node if asked)."""
     with initialize_config_module(config_module="lmlab.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def run_cli(args: list[str], cwd: Path, module: str = "lmlab", timeout: int = 300,

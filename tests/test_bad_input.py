@@ -88,6 +88,7 @@ def world(tmp_path_factory, cache_dir):
     r = subprocess.run([sys.executable, "-m", "lmlab", *BASE, "train.checkpoint_every=1", f"hydra.run.dir={seeded}"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+    shutil.copytree(seeded, tmp / "finished")
     (seeded / "summary.json").unlink()
 
     (tmp / "a_file").write_text("not a folder\n")
@@ -150,3 +151,14 @@ def test_corrupted_token_cache_is_detected_and_rebuilt(world, cache_dir, tmp_pat
     meta = json.loads(path.with_suffix(".json").read_text())
     assert hashlib.sha256(path.read_bytes()).hexdigest() == meta["sha256"] and path.stat().st_size == 2 * meta["n_tokens"]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "done"
+
+
+def test_a_failed_relaunch_keeps_a_finished_runs_summary(world, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(world["tmp"] / "finished", run_dir)
+    before = files(run_dir)
+    r = subprocess.run([sys.executable, "-m", "lmlab", *BASE, "train.batch_size=100000", f"hydra.run.dir={run_dir}"],
+                       cwd=REPO, env=world["env"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "train.batch_size" in r.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "done"
+    assert {k: files(run_dir).get(k) for k in before} == before

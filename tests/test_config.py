@@ -75,3 +75,15 @@ def test_cli_offline_hub_says_how_to_use_local_files(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert "offline" in lines[0] and "data.local_dir=" in lines[0]
+
+
+def test_long_job_dirnames_fit_a_file_name_and_stay_unique():
+    from lmlab.config import job_dirname
+
+    short = "model.d_ff_ratio=4,train.seed=1"
+    assert job_dirname(short) == short
+    long_a, long_b = ",".join(f"key{i}=value" for i in range(40)) + ",seed=0", ",".join(
+        f"key{i}=value" for i in range(40)) + ",seed=1"
+    a, b = job_dirname(long_a), job_dirname(long_b)
+    assert len(a.encode()) <= 200 and len(b.encode()) <= 200
+    assert a != b and a == job_dirname(long_a)  # unique, and the same on a relaunch

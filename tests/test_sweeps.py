@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_module
 
-from tests.conftest import MINI, REPO, TINY, needs_mini, run_cli
+from lmlab.config import job_dirname
+from tests.conftest import MINI, REPO, TINY, compose_config, needs_mini, run_cli
 from tests.test_tracking import read_offline_run
 
 SWEEPS = REPO / "sweeps"
@@ -18,11 +18,6 @@ SHRINK = [f"data.local_dir={MINI}", *TINY, "train.max_tokens=512", "eval.max_bat
 # On shared CPUs torch's default thread pool spins against the other processes: one thread is
 # many times faster there, and changes no result these tests check.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-def _compose(overrides: list[str]):
-    with initialize_config_module(config_module="lmlab.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
 def _overrides(job_dir: Path) -> dict[str, str]:
@@ -40,16 +35,16 @@ def _metrics(job_dir: Path) -> list[dict]:
 
 @pytest.mark.parametrize("name", ["size", "dff_ratio", "context", "warmup", "rootcause", "optuna"])
 def test_every_sweep_stops_on_tokens_in_its_own_dir_and_yields_to_the_user(name):
-    cfg = _compose([f"sweep={name}"])
+    cfg = compose_config([f"sweep={name}"], hydra=True)
     assert cfg.hydra.sweep.dir.startswith(f"outputs/sweeps/{name}/")
     assert cfg.train.max_steps is None and cfg.train.max_tokens == 40_960_000
     assert cfg.hydra.sweeper.params  # it really sweeps something
-    shrunk = _compose([f"sweep={name}", "train.max_tokens=1000", "model.d_model=64", f"data.local_dir={MINI}"])
+    shrunk = compose_config([f"sweep={name}", "train.max_tokens=1000", "model.d_model=64", f"data.local_dir={MINI}"])
     assert (shrunk.train.max_tokens, shrunk.model.d_model, shrunk.data.local_dir) == (1000, 64, str(MINI))
 
 
 def test_optuna_sweep_is_a_seeded_tpe_search_that_survives_failures():
-    sweeper = _compose(["sweep=optuna"]).hydra.sweeper
+    sweeper = compose_config(["sweep=optuna"], hydra=True).hydra.sweeper
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed is not None
     assert sweeper.direction == "minimize" and sweeper.max_failure_rate > 0
     assert set(sweeper.params) == {"schedule.peak_lr", "schedule.warmup_steps", "train.weight_decay", "model.dropout"}
@@ -57,13 +52,13 @@ def test_optuna_sweep_is_a_seeded_tpe_search_that_survives_failures():
 
 
 def test_rootcause_arms_change_one_factor_at_a_time_from_the_seed():
-    params = _compose(["sweep=rootcause"]).hydra.sweeper.params
+    params = compose_config(["sweep=rootcause"], hydra=True).hydra.sweeper.params
     arms = params["+variant"].split(",")
     assert sorted(arms) == sorted(p.stem for p in (SWEEPS / "variant").glob("*.yaml"))
     assert params["train.seed"] == "0,1"
 
     def factors(arm: str) -> dict:
-        cfg = _compose(["sweep=rootcause", f"+variant={arm}"])
+        cfg = compose_config(["sweep=rootcause", f"+variant={arm}"])
         return {"size": (cfg.model.d_model, cfg.model.n_heads, cfg.model.n_layers), "ratio": cfg.model.d_ff_ratio,
                 "context": cfg.model.max_seq_len, "warmup": cfg.schedule.name}
 
@@ -95,7 +90,8 @@ def test_dff_ratio_sweep_gives_one_job_and_one_wandb_run_per_ratio(tmp_path):
     for ratio, run in runs.items():
         assert run["id"] == (jobs[ratio] / "wandb_run_id").read_text()
         assert run["group"] == "dff_ratio/t0"  # the sweep name and timestamp
-        assert run["name"] == jobs[ratio].name and f"model.d_ff_ratio={ratio:g}" in run["name"]
+        # Named by the job's overrides; its dir is the same name, cut and hashed when long.
+        assert jobs[ratio].name == job_dirname(run["name"]) and f"model.d_ff_ratio={ratio:g}" in run["name"]
         assert {"sweep=dff_ratio", "model=small"} <= set(run["tags"])
         assert run["config"]["model"]["d_ff_ratio"] == ratio
         assert run["config"]["derived"]["d_ff"] == ratio * d_model
