@@ -110,3 +110,14 @@ def test_every_token_is_predicted_exactly_once(n):
     assert sorted(predicted(tokens, document_rows(tokens, 0, 32))) == everything
     assert sorted(predicted(tokens, strided_rows(n, 32, 8))) == everything
     assert (packed_rows(n, 32)[:, 1] - packed_rows(n, 32)[:, 0]).max() <= 33
+
+
+def test_gpt2_tokenizer_is_gpt2s_or_a_clear_error_offline():
+    from lmlab.data import Tokenizer
+
+    try:
+        tok = Tokenizer({"kind": "gpt2"})
+    except DataError as e:  # no network and no tiktoken cache: the usual case here
+        assert "tokenizer=gpt2" in str(e) and "tokenizer=bpe" in str(e)
+    else:
+        assert (tok.eos_id, tok.vocab_size) == (50256, 50257)

@@ -90,3 +90,19 @@ def test_cli_run_writes_metrics_summary_and_exact_checkpoints(tmp_path):
     from_config.load_state_dict(ckpt["model"])
     x = torch.tensor(tokenizer.encode(" The game was released in")).unsqueeze(0)
     assert torch.equal(model(x), from_config.eval()(x))
+
+
+@needs_mini
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    # The sampler hands out rows in order, so 2 micro-batches of 4 see the rows one batch of 8 sees.
+    common = [f"data.local_dir={MINI}", *TINY, "train.max_steps=2", "train.eval_every=2", "eval.max_batches=4",
+              "eval.sample_tokens=0", "logger=none", "schedule.warmup_steps=1"]
+    losses = []
+    for name, shape in {"big": ["train.batch_size=8"], "accum": ["train.batch_size=4", "train.grad_accum=2"]}.items():
+        r = run_cli([*common, *shape, f"hydra.run.dir={tmp_path / name}"], cwd=REPO)
+        assert r.returncode == 0, r.stderr[-3000:]
+        last = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1])
+        losses.append((last["tokens"], last["train_loss"], last["val_loss"]))
+    (tokens_a, train_a, val_a), (tokens_b, train_b, val_b) = losses
+    assert tokens_a == tokens_b == 2 * 8 * 32
+    assert train_b == pytest.approx(train_a, rel=1e-5) and val_b == pytest.approx(val_a, rel=1e-5)
