@@ -90,9 +90,10 @@ def hydra_main(cfg: DictConfig) -> float:
     try:
         validate(cfg)
         # A relaunched sweep reuses its job dirs (named from the overrides): done jobs are not rerun.
-        if multirun and cfg.train.resume == "auto" and finished_summary(run_dir) is not None:
+        done = finished_summary(run_dir) if multirun and cfg.train.resume == "auto" else None
+        if done is not None:
             log.info("skipped: %s is done already (summary.json)", run_dir)
-            return objective(finished_summary(run_dir))
+            return objective(done)
         return run(cfg, run_dir)
     except Exception as e:
         reason = f"{type(e).__name__}: {e}"

@@ -249,8 +249,9 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
                 batch = collate(splits["train"].tokens, sampler.next_rows(), eos, segments)
                 loss = batch_loss(step_model, batch, device, autocast) / tcfg.grad_accum
                 loss.backward()
-                loss_sum += loss.item()
+                loss_sum += loss.detach()
                 n_tokens += int((batch["y"] != IGNORE).sum())
+            loss_sum = float(loss_sum)  # one device sync per step, not one per micro-batch
             if not math.isfinite(loss_sum):
                 raise TrainingDiverged(f"training diverged: loss is {loss_sum} at step {state.step}; "
                                        f"the last good checkpoint is {ckpt_dir / 'last.pt'} (step {saved_step})")
