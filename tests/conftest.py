@@ -28,12 +28,16 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("token-cache")
 
 
+# Offline and quiet; subprocesses train tiny models, where one thread each is faster than two
+# fighting over 2 cores.
+TEST_ENV = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+            "OMP_NUM_THREADS": "1"}
+
+
 @pytest.fixture(autouse=True)
 def offline_env(monkeypatch, cache_dir):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
+    for key, value in TEST_ENV.items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setenv("LMLAB_CACHE_DIR", str(cache_dir))
 
 
@@ -43,8 +47,8 @@ def compose_config(overrides: list[str] = (), hydra: bool = False):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
 
 
-def run_cli(args: list[str], cwd: Path, module: str = "lmlab", timeout: int = 300,
-            env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m lmlab ARGS` in a subprocess, as a user types it (environment from the fixtures)."""
+def run_cli(args: list[str], cwd: Path, module: str = "lmlab", timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m lmlab ARGS` in a subprocess, as a user types it, offline (TEST_ENV) even when
+    called from a module-scoped fixture, which runs before the autouse `offline_env`."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, **TEST_ENV})

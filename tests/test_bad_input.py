@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lmlab.data import tokens
-from tests.conftest import MINI, REPO, TINY, compose_config, needs_mini
+from tests.conftest import MINI, REPO, TEST_ENV, TINY, compose_config, needs_mini
 
 pytestmark = needs_mini
 
@@ -81,8 +81,7 @@ def messages(stderr: str) -> list[str]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, cache_dir):
     tmp = tmp_path_factory.mktemp("bad-input")
-    env = {**os.environ, "LMLAB_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **TEST_ENV, "LMLAB_CACHE_DIR": str(cache_dir)}
     # An interrupted run: checkpoints and metrics, no summary. Every case must leave it as it was.
     seeded = tmp / "seeded"
     r = subprocess.run([sys.executable, "-m", "lmlab", *BASE, "train.checkpoint_every=1", f"hydra.run.dir={seeded}"],

@@ -3,7 +3,6 @@ one, a stop signal saves and exits 75, a NaN loss stops at once and keeps the la
 import json
 import logging
 import math
-import os
 import re
 import signal
 import subprocess
@@ -91,7 +90,6 @@ def test_objective_is_inf_unless_done():
 TINY_RUN = [f"data.local_dir={MINI}", "model.d_model=32", "model.n_heads=2", "model.n_layers=2",
             "model.max_seq_len=32", "tokenizer.vocab_size=512", "train.batch_size=8", "eval.max_batches=2",
             "eval.sample_tokens=0", "logger=none"]
-ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def messages(stderr: str) -> list[str]:
@@ -105,7 +103,7 @@ def test_nan_loss_stops_at_once_keeps_the_last_good_checkpoint_and_fails_the_job
     # A learning rate of 1e6 makes the weights overflow at the first update: step 1's loss is NaN.
     diverge = [*TINY_RUN, "schedule=none", "schedule.peak_lr=1e6"]
     r = run_cli([*diverge, "train.max_steps=20", "train.checkpoint_every=1", f"hydra.run.dir={tmp_path / 'run'}"],
-                cwd=REPO, env=ENV)
+                cwd=REPO)
     assert r.returncode == 2
     assert messages(r.stderr) == [f"lmlab: error: training diverged: loss is nan at step 1; the last good "
                                   f"checkpoint is {tmp_path / 'run' / 'checkpoints' / 'last.pt'} (step 1)"]
@@ -118,7 +116,7 @@ def test_nan_loss_stops_at_once_keeps_the_last_good_checkpoint_and_fails_the_job
     # In a sweep the diverged job reports inf and the sweep goes on to the next job.
     sweep = tmp_path / "sweep"
     r = run_cli(["-m", *diverge, "train.max_steps=3", "schedule.peak_lr=1e6,1e-3", f"hydra.sweep.dir={sweep}"],
-                cwd=REPO, env=ENV)
+                cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     summaries = sorted((json.loads((d / "summary.json").read_text()) for d in sweep.iterdir() if d.is_dir()),
                        key=lambda s: s["status"])
@@ -134,7 +132,7 @@ def test_stop_signal_checkpoints_at_a_step_boundary_and_exits_75(tmp_path, sig):
     logger = ["logger=wandb"] if sig == signal.SIGUSR1 else []  # its run id must survive the resume
     args = [*TINY_RUN, *logger, "train.max_steps=30", "train.eval_every=1000", f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen([sys.executable, "-m", "lmlab", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV})
+                            stderr=subprocess.PIPE, text=True)
     while not (run_dir / "checkpoints" / "step-0000000.pt").exists():  # step 0 scored: the loop is next
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.01)
@@ -152,7 +150,7 @@ def test_stop_signal_checkpoints_at_a_step_boundary_and_exits_75(tmp_path, sig):
 
     run_id = (run_dir / "wandb_run_id").read_text()
     assert ckpt["train_state"]["wandb_run_id"] == run_id
-    r = run_cli(args, cwd=REPO, env=ENV)
+    r = run_cli(args, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 30
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0, 30]

@@ -16,7 +16,6 @@ from lmlab.model import GPT, GPTConfig
 from lmlab.train import TrainState
 from tests.conftest import REPO, TINY, compose_config, run_cli
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny models: a second thread only fights other processes
 
 
 class ByteTokenizer:
@@ -130,8 +129,7 @@ def ending_run(tmp_path_factory):
     overrides = [f"data.local_dir={root}", f"data.cache_dir={root / 'cache'}", *TINY, "tokenizer.vocab_size=300"]
     run_dir = root / "run"
     r = run_cli([*overrides, "train.max_steps=200", "train.eval_every=100", "schedule.warmup_steps=10",
-                 "schedule.peak_lr=3e-3", "eval.sample_tokens=8", f"hydra.run.dir={run_dir}"], cwd=REPO,
-                env=ONE_THREAD)
+                 "schedule.peak_lr=3e-3", "eval.sample_tokens=8", f"hydra.run.dir={run_dir}"], cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir, overrides
 
@@ -165,7 +163,7 @@ def test_generate_cli_prints_text_and_tokens_per_s_and_refuses_a_long_prompt(end
     ckpt = run_dir / "checkpoints" / "best.pt"
     args = [f"checkpoint={ckpt}", "prompt= = river stone = \n", "max_new_tokens=20", "temperature=0.8", "device=cpu",
             "top_k=50", "top_p=0.95", "seed=3"]
-    r = run_cli(args, cwd=REPO, module="lmlab.generate", env=ONE_THREAD)
+    r = run_cli(args, cwd=REPO, module="lmlab.generate")
     assert r.returncode == 0, r.stderr
     model, tokenizer, _ = load_model(ckpt)
     expected = sample(model, tokenizer, " = river stone = \n", 20, 0.8, 50, 0.95, torch.Generator().manual_seed(3))
@@ -173,6 +171,6 @@ def test_generate_cli_prints_text_and_tokens_per_s_and_refuses_a_long_prompt(end
     assert re.search(rf"^{len(expected.tokens)} tokens in [\d.]+ s \([\d,.]+ tokens/s on cpu\), stopped: "
                      rf"{expected.stop}$", r.stderr, re.M), r.stderr
 
-    r = run_cli([f"checkpoint={ckpt}", "prompt=" + " river" * 40], cwd=REPO, module="lmlab.generate", env=ONE_THREAD)
+    r = run_cli([f"checkpoint={ckpt}", "prompt=" + " river" * 40], cwd=REPO, module="lmlab.generate")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "max_seq_len=32" in r.stderr, r.stderr

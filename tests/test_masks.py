@@ -123,7 +123,7 @@ def test_cli_trains_on_padded_document_rows_with_strided_eval(tmp_path):
     run_dir = tmp_path / "run"
     r = run_cli([f"data.local_dir={MINI}", *TINY, "data.packing=false", "model.doc_mask=true",
                  "eval.stride=24", "eval.sample_tokens=0", "train.max_steps=2", "train.eval_every=2",
-                 "schedule.warmup_steps=2", f"hydra.run.dir={run_dir}"], cwd=REPO, env={"OMP_NUM_THREADS": "1"})
+                 "schedule.warmup_steps=2", f"hydra.run.dir={run_dir}"], cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "done" and summary["eval_windows"] == "stride 24"

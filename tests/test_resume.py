@@ -1,7 +1,6 @@
 """Exact resume: a run killed with SIGKILL and restarted ends bit-identical to one never stopped;
 a killed sweep relaunched into its sweep dir finishes every job, none of them trained twice."""
 import json
-import os
 import subprocess
 import sys
 import time
@@ -22,7 +21,6 @@ RUN = [f"data.local_dir={MINI}", "model.d_model=32", "model.n_heads=2", "model.n
        "logger=none", "schedule.warmup_steps=4", "train.max_steps=16", "train.eval_every=5",
        "train.checkpoint_every=2", "train.keep_checkpoints=3"]
 # One thread in every process, so each sum is reduced in the same order run after run.
-ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def newest_step(ckpt_dir: Path) -> int:
@@ -33,7 +31,7 @@ def kill_when(args: list[str], ready, log: Path, delay: float = 0.0) -> None:
     """Start `python -m lmlab ARGS`; SIGKILL it `delay` seconds after `ready()` first holds."""
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "lmlab", *args], cwd=REPO, stdout=out,
-                                stderr=subprocess.STDOUT, env={**os.environ, **ENV})
+                                stderr=subprocess.STDOUT)
         try:
             while not ready():
                 assert proc.poll() is None, f"ended before it was killed:\n{log.read_text()[-3000:]}"
@@ -66,7 +64,7 @@ def assert_identical(ref: Path, run: Path) -> None:
 
 def test_killed_runs_resume_bit_identical(tmp_path):
     ref = tmp_path / "ref"
-    r = run_cli([*RUN, f"hydra.run.dir={ref}"], cwd=REPO, env=ENV)
+    r = run_cli([*RUN, f"hydra.run.dir={ref}"], cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     assert [m["step"] for m in metrics(ref)] == [0, 5, 10, 15, 16]
     # Checkpoints at 0, 2, 4, 5, 6, ..., 14, 15, 16: the newest 3 are kept, and best.pt besides.
@@ -88,7 +86,7 @@ def test_killed_runs_resume_bit_identical(tmp_path):
             step = max(int(p.stem[5:]) for p in last.parent.glob("step-*.pt") if not p.samefile(last))
             with open(last, "r+b") as f:
                 f.truncate(1000)
-        r = run_cli([*RUN, f"hydra.run.dir={run}"], cwd=REPO, env=ENV)
+        r = run_cli([*RUN, f"hydra.run.dir={run}"], cwd=REPO)
         assert r.returncode == 0, r.stderr[-3000:]
         warnings = [line for line in r.stdout.splitlines() if "falling back" in line]
         assert len(warnings) == (1 if i == 2 else 0), r.stdout
@@ -124,7 +122,7 @@ def test_killed_sweep_relaunched_finishes_every_job_once(tmp_path):
     assert not (job(1) / "summary.json").exists() and job(2) is None
     done_before = snapshot(job(0))
 
-    r = run_cli(args, cwd=REPO, env=ENV)
+    r = run_cli(args, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     for seed in (0, 1, 2):
         assert json.loads((job(seed) / "summary.json").read_text())["status"] == "done", seed

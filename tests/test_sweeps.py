@@ -15,9 +15,6 @@ from tests.test_tracking import read_offline_run
 SWEEPS = REPO / "sweeps"
 # TINY, two optimizer steps (8 rows x 32 tokens each), two validation batches per evaluation.
 SHRINK = [f"data.local_dir={MINI}", *TINY, "train.max_tokens=512", "eval.max_batches=2"]
-# On shared CPUs torch's default thread pool spins against the other processes: one thread is
-# many times faster there, and changes no result these tests check.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def _overrides(job_dir: Path) -> dict[str, str]:
@@ -73,7 +70,7 @@ def test_rootcause_arms_change_one_factor_at_a_time_from_the_seed():
 @needs_mini
 def test_dff_ratio_sweep_gives_one_job_and_one_wandb_run_per_ratio(tmp_path):
     sweep_dir = tmp_path / "dff_ratio" / "t0"
-    r = run_cli(["-m", "sweep=dff_ratio", *SHRINK, f"hydra.sweep.dir={sweep_dir}"], cwd=REPO, env=ONE_THREAD)
+    r = run_cli(["-m", "sweep=dff_ratio", *SHRINK, f"hydra.sweep.dir={sweep_dir}"], cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = {float(_overrides(d)["model.d_ff_ratio"]): d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()}
     assert sorted(jobs) == [1, 2, 4, 8]
@@ -107,7 +104,7 @@ def test_warmup_sweep_goes_on_past_failed_jobs_and_the_report_shows_them(tmp_pat
     # n_heads=3 does not divide d_model=32 (the job raises before training); a peak LR of 1e30
     # sends the loss to NaN at the first step. Only 2 of the 8 jobs can finish; all 8 must run.
     r = run_cli(["-m", "sweep=warmup", *SHRINK, "model.n_heads=2,3", "schedule.peak_lr=1e-3,1e30", "logger=none",
-                 f"hydra.sweep.dir={sweep_dir}"], cwd=REPO, env=ONE_THREAD)
+                 f"hydra.sweep.dir={sweep_dir}"], cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = {d.name: d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()}
     assert len(jobs) == 8
@@ -147,7 +144,7 @@ def test_warmup_sweep_goes_on_past_failed_jobs_and_the_report_shows_them(tmp_pat
 def test_optuna_sweep_writes_a_finite_best_value(tmp_path):
     sweep_dir = tmp_path / "optuna"
     r = run_cli(["-m", "sweep=optuna", "hydra.sweeper.n_trials=3", *SHRINK, "logger=none",
-                 f"hydra.sweep.dir={sweep_dir}"], cwd=REPO, env=ONE_THREAD)
+                 f"hydra.sweep.dir={sweep_dir}"], cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert math.isfinite(result["best_value"])
