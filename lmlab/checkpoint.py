@@ -96,9 +96,10 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 
 
 def latest_checkpoint(ckpt_dir: Path, map_location="cpu") -> dict | None:
-    """The newest readable checkpoint in ckpt_dir (last.pt, then the step files newest first), or
-    None when there is none. An unreadable one is reported in one line and the previous one used."""
-    candidates = [p for p in [Path(ckpt_dir) / "last.pt", *step_checkpoints(ckpt_dir)] if p.is_file()]
+    """The newest readable checkpoint in ckpt_dir (the step files newest first, then last.pt), or
+    None when there is none. An unreadable one is reported in one line and the previous one used.
+    Step files come first: a kill between saving one and relinking last.pt leaves last.pt behind."""
+    candidates = [p for p in [*step_checkpoints(ckpt_dir), Path(ckpt_dir) / "last.pt"] if p.is_file()]
     bad: list[Path] = []
     for path in candidates:
         if any(path.samefile(b) for b in bad):  # last.pt is a link to one of the step files

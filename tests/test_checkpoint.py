@@ -33,35 +33,42 @@ def save_steps(ckpt_dir, steps, keep):
     return model
 
 
+def test_a_kill_between_saving_and_relinking_last_still_resumes_the_newest(tmp_path):
+    model = save_steps(tmp_path, [0], keep=3)
+    save_checkpoint(step_checkpoint(tmp_path, 2), model, {"kind": "none"}, {"step": 2}, {})  # killed before the link
+    assert load_checkpoint(tmp_path / "last.pt")["train_state"]["step"] == 0
+    assert latest_checkpoint(tmp_path)["train_state"]["step"] == 2
+
+
 def test_last_k_kept_and_a_corrupted_last_falls_back_in_one_line(tmp_path, caplog):
     model = save_steps(tmp_path, [0, 2, 4, 6], keep=3)
     assert sorted(p.name for p in tmp_path.glob("step-*.pt")) == ["step-0000002.pt", "step-0000004.pt",
                                                                    "step-0000006.pt"]
     assert latest_checkpoint(tmp_path)["train_state"]["step"] == 6
 
-    # One flipped byte inside a tensor: torch.load alone would not notice; the checksum does.
+    # One flipped byte inside a tensor of the newest checkpoint (last.pt is the same file):
+    # torch.load alone would not notice; the checksum does, and the one before is used.
     last = tmp_path / "last.pt"
     data = bytearray(last.read_bytes())
     offset = data.find(model.wte.weight.detach().numpy().tobytes()[:64])
     assert offset > 0
     data[offset + 10] ^= 0xFF
-    last.unlink()
-    last.write_bytes(bytes(data))  # a new file at last.pt: step-0000006.pt is still good
+    with open(last, "r+b") as f:  # in place, through the hard link
+        f.write(bytes(data))
     with pytest.raises(CheckpointError, match="corrupted"):
-        load_checkpoint(last)
+        load_checkpoint(tmp_path / "step-0000006.pt")
     with caplog.at_level(logging.WARNING, logger="lmlab.checkpoint"):
-        assert latest_checkpoint(tmp_path)["train_state"]["step"] == 6
+        assert latest_checkpoint(tmp_path)["train_state"]["step"] == 4
     assert [r.getMessage().count("\n") for r in caplog.records] == [0]
-    assert "last.pt is corrupted" in caplog.records[0].getMessage()
+    assert "step-0000006.pt is corrupted" in caplog.records[0].getMessage()
 
-    # Torn in place, last.pt takes its step file with it (a hard link): the one before is used.
-    link_checkpoint(tmp_path / "step-0000006.pt", last)
-    with open(last, "r+b") as f:
+    # A torn file (cut short by a crash): reported in one line, and the one before is used.
+    with open(tmp_path / "step-0000004.pt", "r+b") as f:
         f.truncate(500)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="lmlab.checkpoint"):
-        assert latest_checkpoint(tmp_path)["train_state"]["step"] == 4
-    assert len(caplog.records) == 1 and "not a readable checkpoint" in caplog.records[0].getMessage()
+        assert latest_checkpoint(tmp_path)["train_state"]["step"] == 2
+    assert len(caplog.records) == 2 and "not a readable checkpoint" in caplog.records[1].getMessage()
 
     for path in tmp_path.glob("step-*.pt"):
         path.write_bytes(b"junk")

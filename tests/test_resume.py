@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from lmlab.checkpoint import load_checkpoint
+from lmlab.checkpoint import load_checkpoint, step_checkpoint
 from tests.conftest import MINI, REPO, needs_mini, run_cli
 
 pytestmark = needs_mini
@@ -78,13 +78,13 @@ def test_killed_runs_resume_bit_identical(tmp_path):
         kill_when([*RUN, f"hydra.run.dir={run}"], lambda: newest_step(run / "checkpoints") >= after_step,
                   tmp_path / f"killed{i}.log", delay)
         assert not (run / "summary.json").exists()  # really cut short
-        step = load_checkpoint(run / "checkpoints" / "last.pt")["train_state"]["step"]
+        step = newest_step(run / "checkpoints")  # what a resume picks, even if the kill beat last.pt's relink
         assert after_step <= step < 16
         if i == 2:
-            # A torn last.pt (and the step file it links to): the previous checkpoint is used instead.
-            last = run / "checkpoints" / "last.pt"
-            step = max(int(p.stem[5:]) for p in last.parent.glob("step-*.pt") if not p.samefile(last))
-            with open(last, "r+b") as f:
+            # A torn newest checkpoint (what last.pt links to): the previous one is used instead.
+            newest = step_checkpoint(run / "checkpoints", step)
+            step = max(int(p.stem[5:]) for p in newest.parent.glob("step-*.pt") if p != newest)
+            with open(newest, "r+b") as f:
                 f.truncate(1000)
         r = run_cli([*RUN, f"hydra.run.dir={run}"], cwd=REPO)
         assert r.returncode == 0, r.stderr[-3000:]
