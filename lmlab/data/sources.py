@@ -1,4 +1,5 @@
-"""Where the text comes from: three sources behind one function, `read_split`.
+"""Where the text comes from: three sources behind one function, `read_split`, and `split_text`,
+the one thing the token cache asks of a source: a split's documents and its word and byte counts.
 
 - a hub id, through `datasets.load_dataset` (downloads and caches);
 - a local folder in the hub's parquet layout (`<folder>/<hub_config>/<split>-*.parquet`);
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("train", "validation", "test")
@@ -20,6 +22,13 @@ _TITLE = re.compile(r"^ = [^=].* = \n?$")
 
 class DataError(RuntimeError):
     """The data cannot be read: the message says what to do about it."""
+
+
+@dataclass
+class SplitText:
+    documents: list[str]  # each becomes one EOS-terminated run of tokens
+    n_words: int  # the denominator of word-level perplexity
+    n_bytes: int  # UTF-8 bytes of the split's text, the denominator of bits per byte
 
 
 def _raw_file(folder: Path, split: str) -> Path | None:
@@ -116,3 +125,12 @@ def documents(lines: list[str]) -> list[str]:
 def word_count(lines: list[str]) -> int:
     """WikiText convention for word-level perplexity: whitespace words plus one per line."""
     return sum(len(line.split()) for line in lines) + len(lines)
+
+
+def split_text(data_cfg, split: str) -> SplitText:
+    """One split's documents and counts; only the documents outlive this call, so a large split
+    is held in memory once."""
+    lines = read_split(data_cfg, split)
+    if not any(line.strip() for line in lines):
+        raise DataError(f"the {split} split is empty")
+    return SplitText(documents(lines), word_count(lines), sum(len(line.encode()) for line in lines))

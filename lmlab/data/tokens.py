@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lmlab.atomic import atomic_path, file_lock, write_text
-from lmlab.data.sources import SPLITS, DataError, documents, read_split, source_key, word_count
+from lmlab.data.sources import SPLITS, SplitText, source_key, split_text
 from lmlab.data.tokenizer import Tokenizer, load_or_train
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,9 @@ def _load_cached(folder: Path, split: str) -> Split | None:
     return Split(split, tokens, meta["n_docs"], meta["n_words"], meta["n_bytes"])
 
 
-def _tokenize(tok: Tokenizer, lines: list[str], split: str, folder: Path) -> Split:
-    if not any(line.strip() for line in lines):
-        raise DataError(f"the {split} split is empty")
+def _tokenize(tok: Tokenizer, text: SplitText, split: str, folder: Path) -> Split:
     log.info("tokenizing the %s split into %s", split, folder)
-    docs = documents(lines)
+    docs = text.documents
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
     chunks = []
     for i in tqdm(range(0, len(docs), 256), desc=f"tokenizing {split}", unit="x256 docs", leave=False):
@@ -75,7 +73,7 @@ def _tokenize(tok: Tokenizer, lines: list[str], split: str, folder: Path) -> Spl
     with atomic_path(bin_path) as tmp:
         tokens.tofile(tmp)
     meta = {"n_tokens": int(tokens.size), "dtype": np.dtype(dtype).name, "sha256": _checksum(bin_path),
-            "n_docs": len(docs), "n_words": word_count(lines), "n_bytes": len("".join(lines).encode())}
+            "n_docs": len(docs), "n_words": text.n_words, "n_bytes": text.n_bytes}
     write_text(folder / f"{split}.json", json.dumps(meta, indent=1))
     return _load_cached(folder, split)
 
@@ -84,16 +82,16 @@ def load_splits(data_cfg, tok_cfg) -> tuple[Tokenizer, dict[str, Split]]:
     """The tokenizer and the train/validation/test token streams, from cache when possible."""
     folder = cache_dir(data_cfg, tok_cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    lines: dict[str, list[str]] = {}
+    texts: dict[str, SplitText] = {}
 
-    def split_lines(split):
-        if split not in lines:
-            lines[split] = read_split(data_cfg, split)
-        return lines[split]
+    def text(split):
+        if split not in texts:
+            texts[split] = split_text(data_cfg, split)
+        return texts[split]
 
     with file_lock(folder / ".lock"):
         tok = load_or_train(tok_cfg.kind, tok_cfg.vocab_size,
-                            lambda: documents(split_lines("train")), folder / "tokenizer.json")
-        splits = {split: _load_cached(folder, split) or _tokenize(tok, split_lines(split), split, folder)
+                            lambda: text("train").documents, folder / "tokenizer.json")
+        splits = {split: _load_cached(folder, split) or _tokenize(tok, text(split), split, folder)
                   for split in SPLITS}
     return tok, splits
