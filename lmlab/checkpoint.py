@@ -2,13 +2,16 @@
 
 A run keeps its newest `keep` checkpoints as checkpoints/step-NNNNNNN.pt; last.pt and best.pt are
 hard links to two of them, so neither costs a second write. Saved with write-then-rename; loaded
-with torch.load(weights_only=True), so opening a file never runs code from it.
+with torch.load(weights_only=True), so opening a file never runs code from it. The trainer saves
+through `CheckpointWriter`, which writes in the background while training goes on.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,16 +28,86 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def save_checkpoint(path: Path, model: GPT, tokenizer_ref: dict, train_state: dict, config: dict,
-                    optimizer: torch.optim.Optimizer | None = None) -> None:
+def checkpoint_payload(model: GPT, tokenizer_ref: dict, train_state: dict, config: dict,
+                       optimizer: torch.optim.Optimizer | None = None) -> dict:
+    """Everything a checkpoint holds, as host copies: training may change the originals at once."""
     model = getattr(model, "_orig_mod", model)  # torch.compile wraps the module
-    payload = {"model": model.state_dict(), "model_config": asdict(model.cfg), "tokenizer": tokenizer_ref,
-               "train_state": train_state, "config": config,
-               "optimizer": optimizer.state_dict() if optimizer is not None else None}
+    return {"model": _host_copy(model.state_dict()), "model_config": asdict(model.cfg),
+            "tokenizer": tokenizer_ref, "train_state": train_state, "config": config,
+            "optimizer": _host_copy(optimizer.state_dict()) if optimizer is not None else None}
+
+
+def _host_copy(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: _host_copy(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(value) for value in obj)
+    return obj
+
+
+def write_checkpoint(path: Path, payload: dict) -> None:
     payload["sha256"] = _digest(payload)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def save_checkpoint(path: Path, model: GPT, tokenizer_ref: dict, train_state: dict, config: dict,
+                    optimizer: torch.optim.Optimizer | None = None) -> None:
+    write_checkpoint(path, checkpoint_payload(model, tokenizer_ref, train_state, config, optimizer))
+
+
+class CheckpointWriter:
+    """A run's checkpoints, written in a background thread. `save` copies the state to host memory,
+    the only time training waits (its seconds are kept in `stalls`); hashing, writing, fsync, the
+    rename and then the links to last.pt (and best.pt) and the pruning run while training goes on,
+    so a kill still never leaves a torn last.pt. One save at a time: the next waits for the last.
+    Measured for optionC on 2 CPU cores, a blocking save stalled training 6.2 s."""
+
+    def __init__(self, ckpt_dir: Path, keep: int):
+        self.ckpt_dir, self.keep = Path(ckpt_dir), keep
+        self.stalls: list[float] = []
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, step: int, payload_of, best: bool) -> None:
+        """Save step `step`'s `payload_of()` (a `checkpoint_payload`, taken after any earlier save
+        has finished); link best.pt to it too when `best`."""
+        self.wait()
+        started = time.perf_counter()
+        payload = payload_of()
+        self.stalls.append(time.perf_counter() - started)
+        # Not a daemon: an interpreter that exits (an exception, a signal) finishes the save first.
+        self._thread = threading.Thread(target=self._write, args=(step, payload, best), name="checkpoint")
+        self._thread.start()
+
+    def _write(self, step: int, payload: dict, best: bool) -> None:
+        try:
+            path = step_checkpoint(self.ckpt_dir, step)
+            write_checkpoint(path, payload)
+            link_checkpoint(path, self.ckpt_dir / "last.pt")
+            if best:
+                link_checkpoint(path, self.ckpt_dir / "best.pt")
+            prune_checkpoints(self.ckpt_dir, self.keep)
+        except BaseException as e:  # handed to the training thread at its next wait()
+            self._error = e
+
+    def wait(self) -> None:
+        """Block until the last save is on disk; raise what went wrong with it, if anything."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def close(self) -> None:
+        """Let a save in flight finish without raising: the way out of another error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
 
 def link_checkpoint(src: Path, dst: Path) -> None:

@@ -74,7 +74,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False
+    compile: str = "auto"  # auto (on CUDA only) | true | false: torch.compile of the step's forward and loss
+    compile_mode: Optional[str] = None  # torch.compile's mode: null (default) | reduce-overhead | max-autotune
+    attention: str = "auto"  # SDPA backend tried first: auto (cudnn on Hopper) | cudnn | flash | efficient | math
+    peak_tflops: Optional[float] = None  # the device's dense peak for MFU; null = the table in lmlab/flops.py
+    deterministic: bool = False  # bit-identical reruns on CUDA too: deterministic kernels, math attention (slower)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -115,9 +119,31 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-def register_configs() -> None:
+@dataclass
+class BenchConfig:
+    """`python -m lmlab.bench`: how to time the trainer's step, and what else to measure."""
+    warmup_steps: int = 3  # untimed: compilation and allocator warm-up
+    steps: int = 10  # steps per timed window (one device sync per window)
+    windows: int = 5  # the median window is reported
+    compare: str = "none"  # none | hf: the same shapes through `hf_script`, alternated with lmlab's windows
+    pairs: int = 3  # alternated (lmlab, HF) pairs; the median ratio is reported
+    hf_script: str = "../shared/bench/hf_gpt2_baseline.py"
+    data: bool = False  # also the data path: BPE encoding MB/s, warm cache load, launch to exit of a 1-step run
+    checkpoint: bool = False  # also a checkpoint save: the stall and the background write
+    profile: bool = False  # also the top kernels of one window (torch.profiler)
+    out: Optional[str] = None  # append each row as a JSON line to this file
+
+
+@dataclass
+class BenchRunConfig(Config):
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+def register_configs(bench: bool = False) -> None:
+    """The schema that conf/*.yaml extend. `bench=True` puts the bench's schema (the trainer's plus a
+    `bench` node) under the name config.yaml starts from, so the bench composes every trainer group."""
     cs = ConfigStore.instance()
-    cs.store(name="base_config", node=Config)
+    cs.store(name="base_config", node=BenchRunConfig if bench else Config)
     for group, node in [("model", ModelConfig), ("data", DataConfig), ("schedule", ScheduleConfig),
                         ("tokenizer", TokenizerConfig), ("train", TrainConfig), ("eval", EvalConfig),
                         ("logger", LoggerConfig)]:
@@ -153,7 +179,7 @@ def validate(cfg: DictConfig) -> None:
                     "model.max_seq_len", "tokenizer.vocab_size", "schedule.peak_lr",
                     "train.max_steps", "train.max_tokens", "train.batch_size", "train.grad_accum",
                     "train.eval_every", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                    "eval.batch_size", "eval.max_batches", "eval.stride"])
+                    "eval.batch_size", "eval.max_batches", "eval.stride", "train.peak_tflops"])
     if cfg.model.d_model % cfg.model.n_heads:
         raise ConfigError("model.n_heads", f"d_model={cfg.model.d_model} is not divisible by "
                           f"n_heads={cfg.model.n_heads}")
@@ -169,12 +195,19 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("train.max_steps", "set train.max_steps or train.max_tokens (or both)")
     if cfg.eval.stride is not None and cfg.eval.stride > cfg.model.max_seq_len:
         raise ConfigError("eval.stride", f"must be <= model.max_seq_len={cfg.model.max_seq_len}")
+    if "bench" in cfg:
+        _positive(cfg, ["bench.steps", "bench.windows", "bench.pairs"])
+        _one_of(cfg, "bench.compare", ("none", "hf"))
     if cfg.tokenizer.vocab_size < 260:
         raise ConfigError("tokenizer.vocab_size", "must be at least 260 (256 bytes + EOS + merges)")
     _one_of(cfg, "schedule.decay", ("cosine", "constant"))
     _one_of(cfg, "tokenizer.kind", ("bpe", "gpt2"))
     _one_of(cfg, "train.device", ("auto", "cpu", "cuda"))
     _one_of(cfg, "train.precision", ("auto", "fp32", "bf16"))
+    if str(cfg.train.compile).lower() not in ("auto", "true", "false"):
+        raise ConfigError("train.compile", f"must be one of auto, true, false; got {cfg.train.compile!r}")
+    _one_of(cfg, "train.compile_mode", (None, "default", "reduce-overhead", "max-autotune"))
+    _one_of(cfg, "train.attention", ("auto", "cudnn", "flash", "efficient", "math"))
     _one_of(cfg, "logger.kind", ("none", "wandb"))
     _one_of(cfg, "logger.mode", (None, "online", "offline", "disabled"))
 

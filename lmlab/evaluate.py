@@ -4,12 +4,14 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from tqdm import tqdm
 
 from lmlab.data import IGNORE, Split, collate
+from lmlab.step import batch_loss
 
 
 @dataclass
@@ -40,31 +42,33 @@ class EvalResult:
                 f"{prefix}_word_ppl": self.word_ppl, f"{prefix}_bpb": self.bpb}
 
 
-def batch_loss(model, batch: dict, device, autocast=nullcontext(), reduction="mean") -> torch.Tensor:
-    """Cross-entropy of one batch from `collate`; pad and unscored targets are ignored."""
-    kwargs = {"pad_mask": batch["pad_mask"].to(device)} if not bool(batch["pad_mask"].all()) else {}
-    if "segments" in batch:
-        kwargs["segments"] = batch["segments"].to(device)
-    with autocast:
-        logits = model(batch["x"].to(device), **kwargs)
-    return F.cross_entropy(logits.float().flatten(0, 1), batch["y"].to(device).flatten(),
-                           ignore_index=IGNORE, reduction=reduction)
-
-
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int, device,
-             autocast=nullcontext(), segments: bool = False, max_batches: int | None = None) -> EvalResult:
-    """Score `rows` of `split` in eval mode (dropout off); the caller's train/eval mode is restored."""
+             context: Callable[[], ContextManager] = nullcontext, segments: bool = False,
+             max_batches: int | None = None) -> EvalResult:
+    """Score `rows` of `split` in eval mode (dropout off), each forward under a fresh `context()`
+    (see step.compute_context); the caller's train/eval mode is restored. The NLL is summed on the
+    device and read once at the end."""
+    device = torch.device(device)
     was_training = model.training
     model.eval()
     try:
-        nll, n_tokens = 0.0, 0
-        starts = range(0, len(rows), batch_size)
-        whole = max_batches is None or max_batches >= len(starts)
-        for i in list(starts)[:max_batches]:
-            batch = collate(split.tokens, rows[i:i + batch_size], eos_id, segments)
-            nll += batch_loss(model, batch, device, autocast, reduction="sum").item()
-            n_tokens += int((batch["y"] != IGNORE).sum())
+        all_starts = range(0, len(rows), batch_size)
+        starts = list(all_starts)[:max_batches]
+        whole = len(starts) == len(all_starts)
+        scored_rows = rows[:len(starts) * batch_size]
+        nll, n_tokens = torch.zeros((), dtype=torch.float64, device=device), 0
+        # tqdm stays quiet when stderr is not a terminal (logs, sweeps, tests).
+        with tqdm(total=int((scored_rows[:, 1] - scored_rows[:, 2]).sum()), desc=f"eval {split.name}",
+                  unit="tok", unit_scale=True, leave=False, disable=None) as bar:
+            for i in starts:
+                batch = collate(split.tokens, rows[i:i + batch_size], eos_id, segments)
+                with context():
+                    nll += batch_loss(model, batch, device, reduction="sum")
+                scored = int((batch["y"] != IGNORE).sum())
+                n_tokens += scored
+                bar.update(scored)
+        nll = nll.item()
     finally:
         model.train(was_training)
     return EvalResult(nll, n_tokens, split.n_words if whole else None, split.n_bytes if whole else None)

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import signal
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,16 @@ import torch
 from tqdm import tqdm
 
 from lmlab.atomic import write_text
-from lmlab.checkpoint import (link_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint,
-                              step_checkpoint)
+from lmlab.checkpoint import CheckpointWriter, checkpoint_payload, load_checkpoint
 from lmlab.config import ConfigError
-from lmlab.data import IGNORE, Sampler, Split, collate, document_rows, packed_rows, strided_rows
-from lmlab.evaluate import EvalResult, batch_loss, evaluate
+from lmlab.data import Sampler, Split, document_rows, packed_rows, strided_rows
+from lmlab.evaluate import EvalResult, evaluate
+from lmlab.flops import flops_per_token, mfu, peak_flops
 from lmlab.model import GPT
+from lmlab.step import (TrainStep, compute_context, device_batches, make_optimizer, resolve_device,
+                        resolve_precision)
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -88,27 +93,16 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device", "cuda was asked for but no CUDA device is available")
-    return torch.device(name)
-
-
-def autocast_for(device: torch.device, precision: str):
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def make_optimizer(model: GPT, tcfg, fused: bool) -> torch.optim.AdamW:
-    """AdamW; weight decay only on matrices inside blocks, never on biases, norms or embeddings."""
-    embeddings = {id(model.wte.weight), id(model.wpe.weight)}
-    decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in embeddings]
-    no_decay = [p for p in model.parameters() if p.dim() < 2 or id(p) in embeddings]
-    groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=0.0, betas=(tcfg.beta1, tcfg.beta2), fused=fused)
+def device_peak(device: torch.device, tcfg) -> tuple[str, float | None]:
+    """The device's name and its dense peak FLOP/s at the run's precision (None: unknown)."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    precision = resolve_precision(device, tcfg.precision)
+    if precision == "fp32" and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        precision = "tf32"
+    peak = peak_flops(name, precision, tcfg.peak_tflops)
+    if peak is None:
+        log.warning("MFU unknown: no %s peak known for %s; set train.peak_tflops to report it", precision, name)
+    return name, peak
 
 
 def lr_at(step: int, sched, total_steps: int) -> float:
@@ -167,7 +161,6 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
     """
     tcfg, eos = cfg.train, tokenizer.eos_id
     device = resolve_device(tcfg.device)
-    autocast = autocast_for(device, tcfg.precision)
     model.to(device)
     opt = make_optimizer(model, tcfg, fused=device.type == "cuda")
     ckpt_dir = run_dir / "checkpoints"
@@ -191,23 +184,24 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
     except ValueError as e:  # more rows asked for than the data has: the user's config to fix
         raise ConfigError("train.batch_size", str(e)) from None
     total = planned_steps(tcfg, tcfg.batch_size * tcfg.grad_accum * cfg.model.max_seq_len)
-    step_model = torch.compile(model) if tcfg.compile else model
+    step = TrainStep(model, opt, device, tcfg)
     segments = cfg.model.doc_mask
     checkpoint_every = tcfg.checkpoint_every or tcfg.eval_every
     saved_step = state.step if resume is not None else None
+    writer = CheckpointWriter(ckpt_dir, tcfg.keep_checkpoints)
+    flops_tok = flops_per_token(model.n_params(non_embedding=True), cfg.model.d_model, tokenizer.vocab_size,
+                                cfg.model.n_layers, cfg.model.max_seq_len)
+    device_name, peak = device_peak(device, tcfg)
 
     def run_eval(split: str) -> EvalResult:
-        return evaluate(model, splits[split], rows[split], eos, cfg.eval.batch_size, device, autocast,
-                        segments, cfg.eval.max_batches)
+        return evaluate(model, splits[split], rows[split], eos, cfg.eval.batch_size, device,
+                        partial(compute_context, device, tcfg), segments, cfg.eval.max_batches)
 
-    def checkpoint() -> None:
+    def checkpoint(best: bool = False) -> None:
         nonlocal saved_step
         state.epoch, state.cursor = sampler.epoch, sampler.cursor
         state.rng = capture_rng()
-        path = step_checkpoint(ckpt_dir, state.step)
-        save_checkpoint(path, model, tokenizer.ref, asdict(state), config, opt)
-        link_checkpoint(path, ckpt_dir / "last.pt")
-        prune_checkpoints(ckpt_dir, tcfg.keep_checkpoints)
+        writer.save(state.step, lambda: checkpoint_payload(model, tokenizer.ref, asdict(state), config, opt), best)
         saved_step = state.step
 
     def done() -> bool:
@@ -216,65 +210,76 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
     def eval_and_checkpoint(train_loss, lr, tokens_per_s) -> EvalResult:
         val = run_eval("validation")
         tracker.log({"step": state.step, "tokens": state.tokens, "train_loss": train_loss,
-                     "val_loss": val.loss, "val_ppl": val.ppl, "lr": lr, "tokens_per_s": tokens_per_s})
+                     "val_loss": val.loss, "val_ppl": val.ppl, "lr": lr, "tokens_per_s": tokens_per_s,
+                     "mfu": mfu(flops_tok, tokens_per_s, peak)})
         improved = val.loss < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_val = val.loss, val.metrics("val")
         if on_eval is not None:  # before the checkpoint, so the RNG it saves is the one training goes on with
             on_eval(model, state)
-        checkpoint()
-        if improved:
-            link_checkpoint(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
+        checkpoint(best=improved)
         return val
 
-    tokens_per_s, started = None, time.perf_counter()
-    # From the first evaluation on, a stop signal waits for a step boundary; the bar is closed before
-    # any error is printed, so the error gets a line of its own.
-    with StopSignals() as stop, tqdm(total=total, initial=state.step, desc="train", unit="step",
-                                     dynamic_ncols=True) as bar:
-        # Step 0 is scored too: the untrained baseline every curve starts from.
-        val = eval_and_checkpoint(None, lr_at(0, cfg.schedule, total), None) if resume is None else None
-        # Throughput excludes the first steps of this process: compilation and allocator warm-up
-        # make them several times slower than the rest.
-        skip = min(5, total // 10)
-        timed_tokens, timed_s = 0, 0.0
-        model.train()
-        while not done():
-            t0 = time.perf_counter()
-            lr = lr_at(state.step, cfg.schedule, total)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss_sum, n_tokens = 0.0, 0
-            for _ in range(tcfg.grad_accum):
-                batch = collate(splits["train"].tokens, sampler.next_rows(), eos, segments)
-                loss = batch_loss(step_model, batch, device, autocast) / tcfg.grad_accum
-                loss.backward()
-                loss_sum += loss.detach()
-                n_tokens += int((batch["y"] != IGNORE).sum())
-            loss_sum = float(loss_sum)  # one device sync per step, not one per micro-batch
-            if not math.isfinite(loss_sum):
-                raise TrainingDiverged(f"training diverged: loss is {loss_sum} at step {state.step}; "
+    # Losses stay on the device until a log step, an evaluation or a checkpoint reads them all at
+    # once: the only waits for the device between evaluations. A non-finite one stops the run
+    # there, before anything is saved from the weights it produced.
+    pending: list[torch.Tensor] = []
+
+    def read_losses() -> float:
+        values = torch.stack(pending).tolist()
+        first_step = state.step - len(values) + 1
+        pending.clear()
+        for i, value in enumerate(values):
+            if not math.isfinite(value):
+                writer.wait()
+                raise TrainingDiverged(f"training diverged: loss is {value} at step {first_step + i - 1}; "
                                        f"the last good checkpoint is {ckpt_dir / 'last.pt'} (step {saved_step})")
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            state.step += 1
-            state.tokens += n_tokens
-            if state.step > skip:
-                timed_tokens, timed_s = timed_tokens + n_tokens, timed_s + time.perf_counter() - t0
-            tokens_per_s = timed_tokens / timed_s if timed_s else None
-            bar.update(1)
-            if state.step % tcfg.log_every == 0:
-                bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tokens_per_s or 0:,.0f}")
-            if state.step % tcfg.eval_every == 0 or done():
-                val = eval_and_checkpoint(loss_sum, lr, tokens_per_s)
-            elif state.step % checkpoint_every == 0:
-                checkpoint()
-            if stop.received:
-                if saved_step != state.step:
+        return values[-1]
+
+    tokens_per_s, started = None, time.perf_counter()
+    try:
+        # From the first evaluation on, a stop signal waits for a step boundary; the bar is closed
+        # before any error is printed, so the error gets a line of its own.
+        with StopSignals() as stop, tqdm(total=total, initial=state.step, desc="train", unit="step",
+                                         dynamic_ncols=True) as bar:
+            # Step 0 is scored too: the untrained baseline every curve starts from.
+            val = eval_and_checkpoint(None, lr_at(0, cfg.schedule, total), None) if resume is None else None
+            # Throughput leaves out this process's first steps (compilation, allocator warm-up make
+            # them several times slower) and evaluation, and is measured between reads of the loss.
+            skip = state.step + min(5, total // 10)
+            timed_tokens, timed_s = 0, 0.0
+            window_start, window_tokens, window_first = time.perf_counter(), 0, state.step + 1
+            model.train()
+            while not done():
+                lr = lr_at(state.step, cfg.schedule, total)
+                micro, n_tokens = device_batches(splits["train"].tokens, sampler, tcfg.grad_accum, eos,
+                                                 segments, device)
+                pending.append(step(micro, lr))
+                state.step += 1
+                state.tokens += n_tokens
+                window_tokens += n_tokens
+                bar.update(1)
+                evaluating = state.step % tcfg.eval_every == 0 or done()
+                saving = evaluating or state.step % checkpoint_every == 0 or stop.received
+                if not (saving or state.step % tcfg.log_every == 0):
+                    continue
+                loss = read_losses()
+                if window_first > skip:
+                    timed_tokens, timed_s = timed_tokens + window_tokens, timed_s + time.perf_counter() - window_start
+                tokens_per_s = timed_tokens / timed_s if timed_s else None
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s or 0:,.0f}")
+                if evaluating:
+                    val = eval_and_checkpoint(loss, lr, tokens_per_s)
+                elif saving and saved_step != state.step:
                     checkpoint()
-                raise Preempted(f"stopped by {stop.received} at step {state.step}; checkpoint saved to "
-                                f"{ckpt_dir / 'last.pt'}. Run the same command again to resume")
+                if stop.received:
+                    writer.wait()
+                    raise Preempted(f"stopped by {stop.received} at step {state.step}; checkpoint saved to "
+                                    f"{ckpt_dir / 'last.pt'}. Run the same command again to resume")
+                window_start, window_tokens, window_first = time.perf_counter(), 0, state.step + 1
+        writer.wait()
+    finally:
+        writer.close()
     if val is None:  # resumed after the last step: score the final weights that were not scored here
         val = run_eval("validation")
 
@@ -286,4 +291,6 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
             "eval_windows": f"stride {cfg.eval.stride}" if cfg.eval.stride else "non-overlapping",
             "n_params": model.n_params(), "n_params_non_embedding": model.n_params(non_embedding=True),
             "steps": state.step, "tokens_seen": state.tokens, "tokens_per_s": tokens_per_s,
-            "wall_s": time.perf_counter() - started}
+            "mfu": mfu(flops_tok, tokens_per_s, peak), "flops_per_token": flops_tok, "device": device_name,
+            "peak_tflops": peak / 1e12 if peak else None, "compiled": step.compiled,
+            "checkpoint_stall_s": max(writer.stalls, default=None), "wall_s": time.perf_counter() - started}

@@ -13,9 +13,9 @@ from lmlab.checkpoint import save_checkpoint
 from lmlab.data import Sampler, Split, collate, packed_rows, strided_rows
 from lmlab.data.sources import read_split, word_count
 from lmlab.data.tokenizer import train_bpe
-from lmlab.evaluate import batch_loss, evaluate
+from lmlab.evaluate import evaluate
 from lmlab.model import GPT, GPTConfig
-from lmlab.train import make_optimizer
+from lmlab.step import batch_loss, make_optimizer
 from tests.conftest import WT2_RAW, needs_wt2_raw
 
 CFG = GPTConfig(vocab_size=24, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=16)

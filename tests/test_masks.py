@@ -5,10 +5,10 @@ import math
 import numpy as np
 import torch
 
-from lmlab.data import collate, document_rows, packed_rows
-from lmlab.evaluate import batch_loss
+from lmlab.data import Sampler, collate, document_rows, load_splits, packed_rows
 from lmlab.model import GPT, GPTConfig, attention_mask
-from tests.conftest import MINI, REPO, TINY, needs_mini, run_cli
+from lmlab.step import batch_loss
+from tests.conftest import MINI, REPO, TINY, compose_config, needs_mini, run_cli
 
 EOS = 0
 CFG = GPTConfig(vocab_size=50, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=32)
@@ -80,6 +80,10 @@ def test_attention_weight_on_padded_keys_is_exactly_zero_and_a_fully_padded_row_
     x2[1, :5] = (x2[1, :5] + 1) % CFG.vocab_size
     assert torch.equal(model(x2, pad_mask=pad_mask)[1, 5:], logits[1, 5:])
     assert torch.isfinite(logits).all() and torch.isfinite(y).all()
+    # The guard behind that: a query with no real key attends to itself alone (softmax over nothing
+    # would be NaN, or zero on some kernels), so the fully padded row's output is its own values.
+    assert mask[2, 0].equal(torch.eye(T, dtype=torch.bool))
+    torch.testing.assert_close(y[2], v[2].transpose(0, 1).reshape(T, CFG.d_model), rtol=0, atol=1e-6)
 
 
 def test_fully_padded_row_gives_no_nan_in_loss_or_gradients():
@@ -127,8 +131,29 @@ def test_cli_trains_on_padded_document_rows_with_strided_eval(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "done" and summary["eval_windows"] == "stride 24"
-    assert 0 < summary["tokens_seen"] <= 2 * 8 * 32  # padding is never counted as a target
+    assert 0 < summary["tokens_seen"] <= 2 * 8 * 32
     assert all(math.isfinite(summary[k]) for k in ("val_ppl", "test_ppl", "test_word_ppl", "test_bpb"))
     # A 512-token BPE needs more tokens than there are words, so per word the perplexity is higher.
     assert summary["test_word_ppl"] > summary["test_ppl"]
     assert not (run_dir / "samples.jsonl").exists()  # eval.sample_tokens=0 turns samples off
+
+
+def test_tokens_seen_counts_real_targets_only(tmp_path):
+    """Short articles, one per padded row: tokens_seen is exactly the targets of the rows drawn."""
+    rng = np.random.default_rng(0)
+    words = "alpha beta gamma delta river stone".split()
+    for name in ("train", "valid", "test"):
+        articles = [f" = {rng.choice(words)} = \n {' '.join(rng.choice(words, rng.integers(2, 12)))} . \n"
+                    for _ in range(40)]
+        (tmp_path / f"wiki.{name}.raw").write_text("".join(articles))
+    overrides = [f"data.local_dir={tmp_path}", *TINY, "tokenizer.vocab_size=300", "data.packing=false"]
+    run_dir = tmp_path / "run"
+    r = run_cli([*overrides, "train.max_steps=2", "train.eval_every=2", "eval.sample_tokens=0", "logger=none",
+                 f"hydra.run.dir={run_dir}"], cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _, splits = load_splits(*(lambda c: (c.data, c.tokenizer))(compose_config(overrides)))
+    tokens = splits["train"].tokens
+    sampler = Sampler(document_rows(tokens, int(tokens[-1]), 32), 8, seed=0)
+    drawn = np.concatenate([sampler.next_rows(), sampler.next_rows()])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["tokens_seen"] == int((drawn[:, 1] - drawn[:, 2]).sum()) < 2 * 8 * 32 * 0.75

@@ -10,9 +10,10 @@ from omegaconf import OmegaConf
 from lmlab import load_model
 from lmlab.config import gpt_config
 from lmlab.data import Split, collate, load_splits, packed_rows
-from lmlab.evaluate import batch_loss, evaluate
+from lmlab.evaluate import evaluate
 from lmlab.model import GPT, GPTConfig
-from lmlab.train import lr_at, make_optimizer
+from lmlab.step import batch_loss, make_optimizer
+from lmlab.train import lr_at
 from tests.conftest import MINI, REPO, TINY, compose_config, needs_mini, run_cli
 
 
@@ -106,3 +107,26 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     (tokens_a, train_a, val_a), (tokens_b, train_b, val_b) = losses
     assert tokens_a == tokens_b == 2 * 8 * 32
     assert train_b == pytest.approx(train_a, rel=1e-5) and val_b == pytest.approx(val_a, rel=1e-5)
+
+
+@needs_mini
+def test_test_split_is_scored_with_the_best_checkpoint_not_the_final_weights(tmp_path):
+    # A learning rate this high wrecks the model at its first update: step 0 stays the best.
+    run_dir = tmp_path / "run"
+    r = run_cli([f"data.local_dir={MINI}", *TINY, "train.max_steps=2", "train.eval_every=2", "eval.max_batches=4",
+                 "eval.sample_tokens=0", "logger=none", "schedule=none", "schedule.peak_lr=0.5",
+                 f"hydra.run.dir={run_dir}"], cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    cfg = compose_config([f"data.local_dir={MINI}", *TINY])
+    _, splits = load_splits(cfg.data, cfg.tokenizer)
+    rows = packed_rows(len(splits["test"].tokens), 32)
+
+    def test_loss(name):
+        model, tokenizer, ckpt = load_model(run_dir / "checkpoints" / name)
+        return ckpt["train_state"]["step"], evaluate(model, splits["test"], rows, tokenizer.eos_id, 64, "cpu",
+                                                     max_batches=4).loss
+
+    (best_step, best), (last_step, last) = test_loss("best.pt"), test_loss("last.pt")
+    assert (best_step, last_step) == (0, 2) and last > best + 1.0
+    assert summary["test_loss"] == pytest.approx(best, rel=1e-6)

@@ -5,6 +5,7 @@ rebuilt and sampled from the checkpoint file alone.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -64,7 +65,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> dict:
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+    # The trainer's own progress bars (counting words, then merges) on a terminal, as tqdm's are.
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=sys.stderr.isatty(),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
     return {"kind": "bpe", "json": tok.to_str()}

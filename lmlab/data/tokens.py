@@ -22,6 +22,7 @@ from lmlab.data.sources import SPLITS, SplitText, source_key, split_text
 from lmlab.data.tokenizer import Tokenizer, load_or_train
 
 log = logging.getLogger(__name__)
+ENCODE_BATCH = 256  # documents per call of the tokenizer, which encodes them on all cores at once
 
 
 @dataclass
@@ -60,20 +61,35 @@ def _load_cached(folder: Path, split: str) -> Split | None:
     return Split(split, tokens, meta["n_docs"], meta["n_words"], meta["n_bytes"])
 
 
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def write_tokens(tok: Tokenizer, docs: list[str], path: Path, split: str) -> int:
+    """Encode `docs` into `path` as one stream, each document ended by EOS; returns its length.
+    Batches of documents go to the tokenizer's threads and straight to the file, so memory holds
+    one batch of ids, never the whole split's."""
+    dtype, eos = token_dtype(tok.vocab_size), np.array([tok.eos_id], dtype=token_dtype(tok.vocab_size))
+    n_tokens = 0
+    with open(path, "wb") as f, tqdm(total=sum(map(len, docs)), desc=f"tokenizing {split}", unit="char",
+                                     unit_scale=True, leave=False, disable=None) as bar:
+        for i in range(0, len(docs), ENCODE_BATCH):
+            batch = docs[i:i + ENCODE_BATCH]
+            for ids in tok.encode_batch(batch):
+                f.write(np.asarray(ids, dtype=dtype).tobytes())
+                f.write(eos.tobytes())
+                n_tokens += len(ids) + 1
+            bar.update(sum(map(len, batch)))
+    return n_tokens
+
+
 def _tokenize(tok: Tokenizer, text: SplitText, split: str, folder: Path) -> Split:
     log.info("tokenizing the %s split into %s", split, folder)
-    docs = text.documents
-    dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
-    chunks = []
-    for i in tqdm(range(0, len(docs), 256), desc=f"tokenizing {split}", unit="x256 docs", leave=False):
-        for ids in tok.encode_batch(docs[i:i + 256]):
-            chunks.append(np.asarray(ids + [tok.eos_id], dtype=dtype))
-    tokens = np.concatenate(chunks)
     bin_path = folder / f"{split}.bin"
     with atomic_path(bin_path) as tmp:
-        tokens.tofile(tmp)
-    meta = {"n_tokens": int(tokens.size), "dtype": np.dtype(dtype).name, "sha256": _checksum(bin_path),
-            "n_docs": len(docs), "n_words": text.n_words, "n_bytes": text.n_bytes}
+        n_tokens = write_tokens(tok, text.documents, tmp, split)
+    meta = {"n_tokens": n_tokens, "dtype": token_dtype(tok.vocab_size).name, "sha256": _checksum(bin_path),
+            "n_docs": len(text.documents), "n_words": text.n_words, "n_bytes": text.n_bytes}
     write_text(folder / f"{split}.json", json.dumps(meta, indent=1))
     return _load_cached(folder, split)
 
@@ -92,6 +108,8 @@ def load_splits(data_cfg, tok_cfg) -> tuple[Tokenizer, dict[str, Split]]:
     with file_lock(folder / ".lock"):
         tok = load_or_train(tok_cfg.kind, tok_cfg.vocab_size,
                             lambda: text("train").documents, folder / "tokenizer.json")
-        splits = {split: _load_cached(folder, split) or _tokenize(tok, text(split), split, folder)
-                  for split in SPLITS}
+        splits = {}
+        for split in SPLITS:
+            splits[split] = _load_cached(folder, split) or _tokenize(tok, text(split), split, folder)
+            texts.pop(split, None)  # a large split's text is let go before the next is read
     return tok, splits

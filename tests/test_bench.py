@@ -1,0 +1,77 @@
+"""`python -m lmlab.bench`: it times the trainer's own step, and prints and records its table."""
+import json
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from lmlab.config import register_configs, to_container
+from lmlab.data import load_splits
+from lmlab.flops import flops_per_token
+from lmlab.model import GPT, GPTConfig
+from lmlab.step import TrainStep
+from lmlab.tracking import Tracker
+from tests.conftest import MINI, REPO, TINY, compose_config, needs_mini, run_cli
+
+HF_SCRIPT = REPO.parent / "shared" / "bench" / "hf_gpt2_baseline.py"
+SHORT = ["bench.warmup_steps=1", "bench.steps=2", "bench.windows=2"]
+
+
+@pytest.fixture
+def bench_schema():
+    register_configs(bench=True)
+    yield
+    register_configs()
+
+
+def compose_bench(overrides):
+    with initialize_config_module(config_module="lmlab.conf", version_base="1.3"):
+        return compose(config_name="bench", overrides=list(overrides))
+
+
+@needs_mini
+def test_bench_and_trainer_run_the_same_step(monkeypatch, bench_schema, tmp_path):
+    from lmlab.bench import bench_step
+    from lmlab.config import gpt_config
+    from lmlab.train import train
+
+    calls = []
+    step_call = TrainStep.__call__
+    monkeypatch.setattr(TrainStep, "__call__", lambda self, batches, lr: calls.append(lr) or step_call(self, batches, lr))
+    row = bench_step(compose_bench([*TINY, *SHORT]))
+    assert len(calls) == 1 + 2 * 2  # warm-up, then 2 windows of 2 steps: every step the bench times is a TrainStep
+    assert row["tokens_per_s"] > 0 and row["ms_per_step"] == pytest.approx(1e3 * 8 * 32 / row["tokens_per_s"])
+
+    calls.clear()
+    cfg = compose_config([f"data.local_dir={MINI}", *TINY, "train.max_steps=3", "eval.max_batches=1",
+                          "eval.sample_tokens=0", "logger=none"])
+    tokenizer, splits = load_splits(cfg.data, cfg.tokenizer)
+    model = GPT(gpt_config(cfg, tokenizer.vocab_size))
+    tracker = Tracker(tmp_path, cfg.logger, {}, group="g", name="n")
+    summary = train(cfg, model, tokenizer, splits, tracker, tmp_path, to_container(cfg))
+    assert len(calls) == summary["steps"] == 3
+
+
+@pytest.mark.skipif(not HF_SCRIPT.is_file(), reason=f"the Hugging Face baseline is not at {HF_SCRIPT}")
+@needs_mini
+def test_bench_cli_prints_the_table_with_hf_data_path_and_checkpoint(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    r = run_cli([*TINY, *SHORT, f"data.local_dir={MINI}", "bench.compare=hf", "bench.pairs=1", "bench.data=true",
+                 "bench.checkpoint=true", "bench.profile=true", f"bench.out={out}", "train.peak_tflops=0.5",
+                 f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, module="lmlab.bench")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "| model | shape (d x L, seq x batch, vocab) | device |" in r.stdout
+    assert "where a step's CPU time goes" in r.stdout and "matmul" in r.stdout
+    row = json.loads(out.read_text())
+    assert (row["model"], row["d_model"], row["n_layers"], row["seq"], row["batch"], row["vocab"]) == \
+        ("small", 32, 2, 32, 8, 512)
+    assert row["ratio"] == pytest.approx(row["tokens_per_s"] / row["hf_tokens_per_s"]) and len(row["ratios"]) == 1
+    n = GPT(GPTConfig(vocab_size=512, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=32)).n_params(True)
+    assert row["mfu"] == pytest.approx(flops_per_token(n, 32, 512, 2, 32) * row["tokens_per_s"] / 0.5e12)
+    assert row["ckpt_stall_s"] < row["ckpt_write_s"] and row["ckpt_blocking_s"] > 0
+    assert row["bpe_encode_mb_s"] > 0 and row["cache_load_s"] > 0 and row["launch_to_exit_1_step_s"] > 0
+
+
+def test_bench_options_are_checked_before_any_compute(tmp_path):
+    for bad, key in (("bench.stepz=3", "stepz"), ("bench.compare=nano", "bench.compare")):
+        r = run_cli([bad, f"hydra.run.dir={tmp_path}"], cwd=REPO, module="lmlab.bench")
+        assert r.returncode == 2 and key in r.stderr and r.stderr.startswith("lmlab.bench: error:"), r.stderr

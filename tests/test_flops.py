@@ -1,0 +1,39 @@
+"""MFU: FLOPs per token by the formula, over the peak of the device in use, or unknown."""
+import pytest
+
+from lmlab.flops import flops_per_token, mfu, peak_flops
+from lmlab.model import GPT, GPTConfig
+
+
+def test_flops_per_token_counts_parameters_head_and_attention():
+    cfg = GPTConfig(vocab_size=8192, d_model=256, n_heads=4, n_layers=4, d_ff=512, max_seq_len=256)
+    n = GPT(cfg).n_params(non_embedding=True)
+    assert n == 4 * (4 * 256**2 + 2 * 256 * 512 + 9 * 256 + 512) + 2 * 256
+    # 6 per non-embedding parameter, 6 d V for the head, 12 L d T for attention.
+    assert flops_per_token(n, 256, 8192, 4, 256) == 6 * n + 6 * 256 * 8192 + 12 * 4 * 256 * 256
+    # GPT-2 small (optionC) at GPT-2's vocabulary: 510.3M for its 85.06M non-embedding parameters,
+    # 231.6M for the head, 113.2M for attention.
+    c = GPTConfig(vocab_size=50257, d_model=768, n_heads=12, n_layers=12, d_ff=3072, max_seq_len=1024)
+    assert GPT(c).n_params(non_embedding=True) == 85_056_000
+    assert flops_per_token(85_056_000, 768, 50257, 12, 1024) == 855_166_464
+
+
+@pytest.mark.parametrize("name,precision,tflops", [
+    ("NVIDIA H100 80GB HBM3", "bf16", 989.5), ("NVIDIA H100 PCIe", "bf16", 756.5), ("NVIDIA H200", "bf16", 989.5),
+    ("NVIDIA A100-SXM4-80GB", "bf16", 312.0), ("NVIDIA A100-SXM4-80GB", "tf32", 156.0), ("NVIDIA L4", "bf16", 121.0),
+])
+def test_peaks_come_from_the_table_for_the_device_in_use(name, precision, tflops):
+    assert peak_flops(name, precision) == tflops * 1e12
+
+
+@pytest.mark.parametrize("name,precision", [("NVIDIA A10G", "bf16"), ("NVIDIA L40S", "bf16"), ("NVIDIA H100 NVL", "bf16"),
+                                            ("cpu", "fp32"), ("NVIDIA H100 80GB HBM3", "fp32")])
+def test_unknown_devices_and_precisions_have_no_peak_rather_than_a_guessed_one(name, precision):
+    assert peak_flops(name, precision) is None
+    assert mfu(1e9, 1e5, peak_flops(name, precision)) is None
+
+
+def test_the_override_wins_everywhere():
+    assert peak_flops("cpu", "fp32", override_tflops=2.0) == 2e12
+    assert peak_flops("NVIDIA H100 80GB HBM3", "bf16", override_tflops=500.0) == 500e12
+    assert mfu(1e9, 1e3, 2e13) == pytest.approx(0.05)  # 1 GFLOP x 1k tokens/s over 20 TFLOP/s

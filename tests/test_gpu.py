@@ -1,0 +1,73 @@
+"""The CUDA paths: bf16 autocast, torch.compile, fused AdamW, pinned-memory batches and an exact
+resume. They run where a CUDA device is present and skip with a reason elsewhere; the same code
+runs on the CPU in test_step.py (compile, the unpinned data path) and test_resume.py."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lmlab.checkpoint import load_checkpoint
+from lmlab.data import Sampler, collate, packed_rows
+from lmlab.model import GPT, GPTConfig
+from lmlab.step import TrainStep, device_batches, make_optimizer, to_device
+from tests.conftest import MINI, REPO, TINY, needs_mini, run_cli
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA = torch.device("cuda")
+CFG = GPTConfig(vocab_size=50257, d_model=64, n_heads=4, n_layers=2, d_ff=256, max_seq_len=64)
+
+
+def tcfg(**kw):
+    base = {"weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "precision": "auto",
+            "compile": "auto", "compile_mode": None, "attention": "auto", "deterministic": False}
+    return OmegaConf.create({**base, **kw})
+
+
+def test_pinned_non_blocking_batches_equal_blocking_copies():
+    tokens = np.random.default_rng(0).integers(0, CFG.vocab_size, 5000)
+    batch = collate(tokens, packed_rows(len(tokens), 64)[:8], 0, segments=True)
+    on_device = to_device(batch, CUDA)
+    torch.cuda.synchronize()
+    for key, value in on_device.items():
+        assert value.device.type == "cuda" and torch.equal(value.cpu(), batch[key]), key
+
+
+def test_compiled_bf16_step_with_fused_adamw_learns_and_matches_eager():
+    tokens = np.random.default_rng(0).integers(0, CFG.vocab_size, 64 * 65 + 1)
+    rows = packed_rows(len(tokens), 64)
+    losses = {}
+    for setting in ("false", "auto"):
+        torch.manual_seed(0)
+        model = GPT(CFG).to(CUDA)
+        opt = make_optimizer(model, tcfg(), fused=True)
+        step = TrainStep(model, opt, CUDA, tcfg(compile=setting))
+        assert opt.defaults["fused"] and step.compiled == (setting == "auto")
+        sampler = Sampler(rows[:8], 8, seed=0)  # one batch, again and again: the loss must fall
+        losses[setting] = [step(device_batches(tokens, sampler, 1, 0, False, CUDA)[0], 3e-3).item()
+                           for _ in range(30)]
+    assert losses["auto"][-1] < losses["auto"][0] - 2.0
+    # bf16: the compiled and eager steps round differently, so they agree to bf16's precision.
+    assert losses["auto"][:3] == pytest.approx(losses["false"][:3], rel=2e-2)
+    assert model.wte.weight[CFG.vocab_size:].abs().sum() == 0  # 50257 -> 50304 rows, the padding untouched
+
+
+@needs_mini
+def test_a_resumed_gpu_run_is_bit_identical_with_deterministic_settings(tmp_path):
+    # A constant learning rate: the cut run's shorter horizon must not change its schedule.
+    run = [f"data.local_dir={MINI}", *TINY, "model.dropout=0.1", "train.max_steps=6", "train.eval_every=3",
+           "eval.max_batches=2", "eval.sample_tokens=0", "logger=none", "schedule=none",
+           "train.deterministic=true", "train.compile=false", "train.device=cuda"]
+    assert run_cli([*run, f"hydra.run.dir={tmp_path / 'ref'}"], cwd=REPO).returncode == 0
+    first = run_cli([*run, "train.max_steps=3", f"hydra.run.dir={tmp_path / 'cut'}"], cwd=REPO)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run_cli([*run, f"train.resume={tmp_path / 'cut' / 'checkpoints' / 'last.pt'}",
+                      f"hydra.run.dir={tmp_path / 'resumed'}"], cwd=REPO)
+    assert second.returncode == 0, second.stderr[-2000:]
+    a, b = (load_checkpoint(tmp_path / d / "checkpoints" / "last.pt") for d in ("ref", "resumed"))
+    assert a["train_state"]["step"] == b["train_state"]["step"] == 6
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    assert summary["device"].startswith("NVIDIA") and summary["tokens_per_s"] > 0
