@@ -69,6 +69,7 @@ class CheckpointWriter:
     def __init__(self, ckpt_dir: Path, keep: int):
         self.ckpt_dir, self.keep = Path(ckpt_dir), keep
         self.stalls: list[float] = []
+        self.writes: list[float] = []  # seconds each background write took
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -84,6 +85,7 @@ class CheckpointWriter:
         self._thread.start()
 
     def _write(self, step: int, payload: dict, best: bool) -> None:
+        started = time.perf_counter()
         try:
             path = step_checkpoint(self.ckpt_dir, step)
             write_checkpoint(path, payload)
@@ -91,6 +93,7 @@ class CheckpointWriter:
             if best:
                 link_checkpoint(path, self.ckpt_dir / "best.pt")
             prune_checkpoints(self.ckpt_dir, self.keep)
+            self.writes.append(time.perf_counter() - started)
         except BaseException as e:  # handed to the training thread at its next wait()
             self._error = e
 
