@@ -78,6 +78,12 @@ def exit_for(e: BaseException, prog: str = "lmlab") -> None:
         sys.exit(EXIT_BAD_INPUT)
 
 
+def exit_bad_input(e: BaseException, prog: str) -> None:
+    """For entry points without Hydra (generate, export): the error in one line, exit status 2."""
+    print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+
+
 def report_errors(entry: Callable[[], object], prog: str = "lmlab") -> None:
     """Run a Hydra entry point, reporting through `exit_for` what goes wrong before or after the
     task function (which calls `exit_for` itself: Hydra would add a line to what it re-raises)."""
