@@ -42,9 +42,15 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING
-    hub_id: str = "Salesforce/wikitext"
-    hub_config: str = MISSING
-    local_dir: Optional[str] = None  # null = download hub_id with `datasets`
+    kind: str = "wikitext"  # wikitext | hub (any dataset, a row per document) | text (a folder of .txt/.jsonl)
+    hub_id: Optional[str] = MISSING  # a hub dataset id, or a local folder datasets can load
+    hub_config: Optional[str] = None
+    text_column: str = "text"  # hub: the column holding each document; text: the .jsonl field
+    local_dir: Optional[str] = None  # wikitext: null = download hub_id with `datasets`; text: the folder
+    # hub and text corpora without a validation or test split: documents carved from train for
+    # each, a fraction (< 1) or a count (>= 1), by datasets' train_test_split seeded with split_seed
+    holdout: float = 0.05
+    split_seed: int = 0
     cache_dir: str = "${oc.env:LMLAB_CACHE_DIR,'~/.cache/lmlab'}"
     packing: bool = True  # true: documents concatenated with EOS; false: one document per row
 
@@ -171,6 +177,16 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("eval.stride", f"must be <= model.max_seq_len={cfg.model.max_seq_len}")
     if cfg.tokenizer.vocab_size < 260:
         raise ConfigError("tokenizer.vocab_size", "must be at least 260 (256 bytes + EOS + merges)")
+    _one_of(cfg, "data.kind", ("wikitext", "hub", "text"))
+    if cfg.data.kind == "text" and cfg.data.local_dir is None:
+        raise ConfigError("data.local_dir", "data=text reads a local folder of .txt/.jsonl files: set data.local_dir=DIR")
+    if cfg.data.kind == "hub" and OmegaConf.is_missing(cfg.data, "hub_id"):
+        raise ConfigError("data.hub_id", "data=hub needs a dataset: set data.hub_id=ID (a hub id or a local folder)")
+    if cfg.data.kind == "hub" and cfg.data.local_dir is not None:
+        raise ConfigError("data.local_dir", "data=hub loads data.hub_id (a hub id or a local folder datasets can "
+                          "read); for a folder of .txt/.jsonl files use data=text")
+    if cfg.data.kind != "wikitext" and cfg.data.holdout <= 0:
+        raise ConfigError("data.holdout", f"must be positive (a fraction < 1 or a count >= 1), got {cfg.data.holdout}")
     _one_of(cfg, "schedule.decay", ("cosine", "constant"))
     _one_of(cfg, "tokenizer.kind", ("bpe", "gpt2"))
     _one_of(cfg, "train.device", ("auto", "cpu", "cuda"))
