@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -121,23 +122,57 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
+SCHEMA_PREFIX = "base_"  # schema nodes are `base_<group>` in each group: defaults, never a user's choice
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
-    cs.store(name="base_config", node=Config)
+    cs.store(name=f"{SCHEMA_PREFIX}config", node=Config)
     for group, node in [("model", ModelConfig), ("data", DataConfig), ("schedule", ScheduleConfig),
                         ("tokenizer", TokenizerConfig), ("train", TrainConfig), ("eval", EvalConfig),
                         ("logger", LoggerConfig)]:
-        cs.store(group=group, name=f"base_{group}", node=node)
-    OmegaConf.register_new_resolver("lmlab.dirname", job_dirname, replace=True)
+        cs.store(group=group, name=f"{SCHEMA_PREFIX}{group}", node=node)
+    OmegaConf.register_new_resolver("lmlab.dirname", lambda: job_dirname(job_name()), replace=True)
 
 
-def job_dirname(overrides: str, limit: int = 200) -> str:
-    """A sweep job's dir name: its overrides, cut to fit a file name (255 bytes) when long and
+def swept_keys(hydra_cfg: DictConfig) -> set[str]:
+    """The keys a multirun sweeps over: its sweeper's params and the command line's sweep overrides
+    (`a=1,2`, `range(...)`, ...). A job's own config only holds its values, so the command line is
+    read from the sweep's multirun.yaml, which Hydra's sweeper writes before launching any job."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    master = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
+    source = OmegaConf.load(master).hydra if master.is_file() else hydra_cfg
+    params = source.sweeper.get("params") or {}
+    lines = [f"{key}={value}" for key, value in params.items()] + list(source.overrides.task)
+    return {o.key_or_group for o in OverridesParser.create().parse_overrides(lines) if o.is_sweep_override()}
+
+
+def job_name(hydra_cfg: DictConfig | None = None) -> str:
+    """A job's overrides as one string: in a sweep, the swept ones first, as the report's table
+    puts them, then the rest, each part sorted; the keys Hydra's override_dirname excludes are left
+    out. The same command always gives the same name, so a relaunched sweep finds its job dirs."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    hydra_cfg = hydra_cfg or HydraConfig.get()
+    style = hydra_cfg.job.config.override_dirname
+    overrides = [o for o in OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
+                 if o.key_or_group not in style.exclude_keys]
+    swept = swept_keys(hydra_cfg) if hydra_cfg.mode == RunMode.MULTIRUN else set()
+    lines = sorted(o.input_line for o in overrides if o.key_or_group in swept) + \
+        sorted(o.input_line for o in overrides if o.key_or_group not in swept)
+    return style.item_sep.join(line.replace("=", style.kv_sep, 1) for line in lines)
+
+
+def job_dirname(name: str, limit: int = 200) -> str:
+    """A sweep job's dir name: its `job_name`, cut to fit a file name (255 bytes) when long and
     ended with a hash of the whole, so it stays unique and a relaunched sweep finds the same dir."""
-    if len(overrides.encode()) <= limit:
-        return overrides
-    digest = hashlib.sha256(overrides.encode()).hexdigest()[:12]
-    return f"{overrides.encode()[:limit - 13].decode(errors='ignore')}~{digest}"
+    if len(name.encode()) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{name.encode()[:limit - 13].decode(errors='ignore')}~{digest}"
 
 
 def _positive(cfg: DictConfig, keys: list[str]) -> None:

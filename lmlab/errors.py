@@ -13,7 +13,7 @@ from typing import Callable
 from hydra.errors import HydraException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
-from lmlab.config import ConfigError
+from lmlab.config import SCHEMA_PREFIX, ConfigError
 
 EXIT_BAD_INPUT = 2
 EXIT_PREEMPTED = 75
@@ -54,6 +54,10 @@ def one_line(e: BaseException) -> str:
         if line.startswith(_STOP):
             break
         if not line or line.startswith(_NOISE):
+            continue
+        # Hydra lists a group's schema node among its options; no user picks it.
+        if raw.startswith("\t") and parts and parts[-1].startswith("Available options") and \
+                line.startswith(SCHEMA_PREFIX):
             continue
         if raw.startswith("\t") and parts:
             parts[-1] += (" " if parts[-1].endswith(":") else ", ") + line
