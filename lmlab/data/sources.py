@@ -275,6 +275,14 @@ def corpus_documents(data_cfg, split: str) -> list[str]:
 
 # --- what the token cache asks ----------------------------------------------------------------
 
+def document_words(data_cfg, doc: str) -> int:
+    """One document's words under its corpus's convention: WikiText's (whitespace words plus one
+    per line) or, elsewhere, whitespace-separated words (str.split). Outside WikiText there is no
+    published convention to match, and for text without spaces between words (Chinese, Japanese)
+    the count means little: bits per byte is the number to compare there."""
+    return word_count(doc.splitlines(keepends=True)) if _kind(data_cfg) == "wikitext" else len(doc.split())
+
+
 def split_text(data_cfg, split: str) -> SplitText:
     """One split's documents and counts; only the documents outlive this call, so a large split
     is held in memory once."""
@@ -283,10 +291,7 @@ def split_text(data_cfg, split: str) -> SplitText:
         docs, n_words = (documents(lines), word_count(lines)) if any(line.strip() for line in lines) else ([], 0)
     else:
         docs = corpus_documents(data_cfg, split)
-        # Outside WikiText, "words" are whitespace-separated words (str.split); there is no
-        # published convention to match, and for text without spaces between words (Chinese,
-        # Japanese) the count means little: bits per byte is the number to compare there.
-        n_words = sum(len(doc.split()) for doc in docs)
+        n_words = sum(document_words(data_cfg, doc) for doc in docs)
     if not docs:
         raise DataError(f"the {split} split is empty")
     return SplitText(docs, n_words, sum(len(doc.encode()) for doc in docs))
