@@ -25,5 +25,6 @@ def parse_key_values(schema: type[T], argv: list[str], verbatim: tuple[str, ...]
             cfg.merge_with_dotlist([arg])
     missing = [key for key in keys if OmegaConf.is_missing(cfg, key)]
     if missing:
-        raise ValueError(" and ".join(f"{key}=..." for key in missing) + " is required")
+        raise ValueError(" and ".join(f"{key}=..." for key in missing) + (" is" if len(missing) == 1 else " are")
+                         + " required")
     return OmegaConf.to_object(cfg)

@@ -133,7 +133,11 @@ def check_logits(model, hf_model) -> float:
 
 def export(checkpoint: str | Path, out: str | Path) -> Path:
     """Write `out` (config.json, generation_config.json, model.safetensors, tokenizer files)."""
-    from transformers import GPT2LMHeadModel
+    try:
+        from transformers import GPT2LMHeadModel
+    except ImportError:
+        raise ExportError("exporting needs transformers and safetensors: pip install -c constraints-cpu.txt "
+                          "-e '.[hf]'") from None
 
     model, tokenizer, ckpt = load_model(checkpoint)
     reason = refusal(ckpt)

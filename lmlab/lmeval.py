@@ -8,7 +8,8 @@ two tasks shipped in lmlab/lm_eval_tasks/, and prints one table beside lmlab's o
   B  lmlab's model on the harness's windows: each document alone after an EOS, a full window of
      context for its last tokens, its EOS not scored;
   C  lm-eval `lmlab_text`: the same documents and counts as A and B, scored by the harness;
-  D  lm-eval `lmlab_wikitext`: the harness's own wikitext task (detokenized text, its word count).
+  D  lm-eval `lmlab_wikitext` (WikiText runs): the harness's own wikitext task (detokenized text,
+     its word count).
 
 B and C differ only in who computes them, so they agree to rounding; A-B is the windows and EOS;
 C-D is the text (detokenized) and the word count. Needs the `lmeval` extra (`pip install -e '.[lmeval]'`).
@@ -59,7 +60,7 @@ def run_data_config(checkpoint: str | Path) -> DictConfig:
     return OmegaConf.create(load_checkpoint(checkpoint)["config"]["data"])
 
 
-def test_documents_with_counts(data_cfg, limit: int | None = None) -> list[dict]:
+def scored_documents(data_cfg, limit: int | None = None) -> list[dict]:
     """The test split's documents (the first `limit`) with lmlab's word and byte counts."""
     from lmlab.data.sources import document_words, split_text
 
@@ -111,20 +112,20 @@ def lmlab_scores(model, tokens: np.ndarray, eos_id: int, batch_size: int, docs: 
     return out
 
 
-def harness_scores(export_dir: Path, checkpoint: str, batch_size: int, limit: int | None,
-                   docs: list[dict]) -> dict[str, Scores]:
+def harness_scores(export_dir: Path, checkpoint: str, batch_size: int, limit: int | None, docs: list[dict],
+                   tasks: tuple[str, ...] = TASKS) -> dict[str, Scores]:
     """C and D of the module's table: `lm_eval` with the `hf` model on the shipped tasks."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=str(TASKS_DIR), metadata={"checkpoint": str(checkpoint), "limit": limit})
     results = lm_eval.simple_evaluate(
-        model="hf", model_args={"pretrained": str(export_dir), "dtype": "float32"}, tasks=list(TASKS),
+        model="hf", model_args={"pretrained": str(export_dir), "dtype": "float32"}, tasks=list(tasks),
         task_manager=manager, batch_size=batch_size, device="cpu", log_samples=False, bootstrap_iters=0)
     n_bytes = sum(d["n_bytes"] for d in docs)  # both tasks divide by the original text's bytes
     words = {"lmlab_text": sum(d["n_words"] for d in docs), "lmlab_wikitext": sum(harness_words(d["page"]) for d in docs)}
     out = {}
-    for label, task in zip("CD", TASKS):
+    for label, task in zip("CD", tasks):
         bpb = results["results"][task]["bits_per_byte,none"]
         out[label] = Scores(bpb * math.log(2) * n_bytes, words[task], n_bytes)
     return out
@@ -149,6 +150,7 @@ def table(scores: dict[str, Scores]) -> str:
 def compare(cfg: LmEvalConfig) -> dict[str, Scores]:
     from lmlab.checkpoint import load_model
     from lmlab.data import load_splits
+    from lmlab.data.sources import corpus_kind
     from lmlab.export import export
 
     try:
@@ -160,12 +162,13 @@ def compare(cfg: LmEvalConfig) -> dict[str, Scores]:
     export(checkpoint, out)
     model, tokenizer, ckpt = load_model(checkpoint)
     run_cfg = OmegaConf.create(ckpt["config"])
-    docs = test_documents_with_counts(run_cfg.data, cfg.limit)
+    docs = scored_documents(run_cfg.data, cfg.limit)
+    tasks = TASKS if corpus_kind(run_cfg.data) == "wikitext" else TASKS[:1]  # D detokenizes WikiText only
     _, splits = load_splits(run_cfg.data, run_cfg.tokenizer)
     tokens = np.asarray(splits["test"].tokens)
     tokens = tokens[:np.flatnonzero(tokens == tokenizer.eos_id)[len(docs) - 1] + 1]  # the first `limit` documents
     return {**lmlab_scores(model, tokens, tokenizer.eos_id, cfg.batch_size, docs),
-            **harness_scores(out, str(checkpoint), cfg.batch_size, cfg.limit, docs)}
+            **harness_scores(out, str(checkpoint), cfg.batch_size, cfg.limit, docs, tasks)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,7 +41,7 @@ class SplitText:
     n_bytes: int  # UTF-8 bytes of the split's text, the denominator of bits per byte
 
 
-def _kind(data_cfg) -> str:
+def corpus_kind(data_cfg) -> str:
     return data_cfg.get("kind") or "wikitext"  # configs saved before data.kind existed are WikiText
 
 
@@ -63,7 +63,7 @@ def _read_utf8(path: Path) -> str:
 
 def source_files(data_cfg) -> list[Path] | None:
     """The local files behind a config (None for a hub id): they key the token cache."""
-    kind = _kind(data_cfg)
+    kind = corpus_kind(data_cfg)
     if kind == "hub":  # a local folder given as the dataset's path keys by its files too
         path = Path(data_cfg.hub_id).expanduser()
         return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else None
@@ -75,13 +75,13 @@ def source_files(data_cfg) -> list[Path] | None:
 def source_key(data_cfg) -> str:
     """Identifies the text: hub id and config, or the local files' paths, sizes and mtimes; and
     for `hub` and `text`, the column read and how splits are carved."""
-    kind = _kind(data_cfg)
+    kind = corpus_kind(data_cfg)
     files = source_files(data_cfg)
-    ident = f"hub:{data_cfg.hub_id}:{data_cfg.hub_config}" if kind == "hub" or files is None else ""
-    ident += "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files or [])
+    parts = [f"hub:{data_cfg.hub_id}:{data_cfg.hub_config}"] if kind == "hub" or files is None else []
+    parts += [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files or []]
     if kind != "wikitext":
-        ident += f"|{kind}:{data_cfg.text_column}:{data_cfg.holdout}:{data_cfg.split_seed}"
-    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+        parts.append(f"{kind}:{data_cfg.text_column}:{data_cfg.holdout}:{data_cfg.split_seed}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 # --- WikiText ---------------------------------------------------------------------------------
@@ -187,15 +187,20 @@ def _load_dataset(path: str, name: str | None, **kwargs):
 
 def _hub_splits(data_cfg) -> dict:
     found = _load_dataset(data_cfg.hub_id, data_cfg.hub_config)
-    splits = {split: found[alias] for split, aliases in _SPLIT_ALIASES.items()
-              for alias in aliases if alias in found}
+    splits = {split: found[next(a for a in aliases if a in found)] for split, aliases in _SPLIT_ALIASES.items()
+              if any(a in found for a in aliases)}
     if "train" not in splits:
         raise DataError(f"{data_cfg.hub_id} has no train split (it has {', '.join(found)})")
     column = data_cfg.text_column
     if column not in splits["train"].column_names:
         raise DataError(f"{data_cfg.hub_id} has no column {column!r} (it has "
                         f"{', '.join(splits['train'].column_names)}): set data.text_column")
-    return {split: ds.select_columns([column]).rename_column(column, "text") for split, ds in splits.items()}
+    return {split: ds.select_columns([column]).rename_column(column, "text").filter(_has_text, input_columns="text")
+            for split, ds in splits.items()}
+
+
+def _has_text(doc: str | None) -> bool:
+    return bool(doc and doc.strip())  # an empty document holds no token: it is dropped before carving
 
 
 # --- a local folder of text -------------------------------------------------------------------
@@ -238,7 +243,8 @@ def _text_splits(data_cfg) -> dict:
     elif "train" not in roots:
         raise DataError(f"data.local_dir={data_cfg.local_dir} has {'/'.join(roots)}/ but no train/ folder")
     return {split: datasets.Dataset.from_dict({"text": [doc for f in _text_files(root, str(root))
-                                                       for doc in _file_documents(f, data_cfg.text_column)]})
+                                                       for doc in _file_documents(f, data_cfg.text_column)
+                                                       if _has_text(doc)]})
             for split, root in roots.items()}
 
 
@@ -268,9 +274,9 @@ def _carve(splits: dict, data_cfg) -> dict:
 
 
 def corpus_documents(data_cfg, split: str) -> list[str]:
-    """One split's documents of a `hub` or `text` corpus (empty ones dropped: they hold no token)."""
-    splits = _hub_splits(data_cfg) if _kind(data_cfg) == "hub" else _text_splits(data_cfg)
-    return [doc for doc in _carve(splits, data_cfg)[split]["text"] if doc and doc.strip()]
+    """One split's documents of a `hub` or `text` corpus."""
+    splits = _hub_splits(data_cfg) if corpus_kind(data_cfg) == "hub" else _text_splits(data_cfg)
+    return list(_carve(splits, data_cfg)[split]["text"])
 
 
 # --- what the token cache asks ----------------------------------------------------------------
@@ -280,13 +286,13 @@ def document_words(data_cfg, doc: str) -> int:
     per line) or, elsewhere, whitespace-separated words (str.split). Outside WikiText there is no
     published convention to match, and for text without spaces between words (Chinese, Japanese)
     the count means little: bits per byte is the number to compare there."""
-    return word_count(doc.splitlines(keepends=True)) if _kind(data_cfg) == "wikitext" else len(doc.split())
+    return word_count(doc.splitlines(keepends=True)) if corpus_kind(data_cfg) == "wikitext" else len(doc.split())
 
 
 def split_text(data_cfg, split: str) -> SplitText:
     """One split's documents and counts; only the documents outlive this call, so a large split
     is held in memory once."""
-    if _kind(data_cfg) == "wikitext":
+    if corpus_kind(data_cfg) == "wikitext":
         lines = read_split(data_cfg, split)
         docs, n_words = (documents(lines), word_count(lines)) if any(line.strip() for line in lines) else ([], 0)
     else:

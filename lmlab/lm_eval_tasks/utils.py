@@ -5,15 +5,15 @@ from __future__ import annotations
 from lm_eval.tasks.wikitext.preprocess_wikitext import process_results as wikitext_process_results  # noqa: F401
 from lm_eval.tasks.wikitext.preprocess_wikitext import wikitext_detokenizer  # noqa: F401
 
-from lmlab.lmeval import run_data_config, test_documents_with_counts
+from lmlab.lmeval import run_data_config, scored_documents
 
 
-def test_documents(checkpoint: str, limit: int | None = None, **_metadata):
+def run_test_split(checkpoint: str, limit: int | None = None, **_metadata):
     """The test split the run behind `checkpoint` was scored on, one row per document (`page`, as
     in EleutherAI/wikitext_document_level), with lmlab's word and byte counts."""
     import datasets
 
-    rows = test_documents_with_counts(run_data_config(checkpoint), limit)
+    rows = scored_documents(run_data_config(checkpoint), limit)
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 
