@@ -3,6 +3,7 @@ on real text: the same tokens, the same logits (fp32, |difference| <= 1e-4), the
 continuation, and the test-split perplexity of summary.json to 1e-4 relative."""
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -25,7 +26,7 @@ transformers = pytest.importorskip("transformers", reason="the hf extra (transfo
 
 def export_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lmlab.export", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env={**__import__("os").environ, **TEST_ENV})
+                          timeout=300, env={**os.environ, **TEST_ENV})
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_tokenization_is_identical_on_the_whole_test_split(exported):
 
 
 def test_logits_match_on_real_text(exported):
-    model, tok = exported["model"], exported["tok"]
+    model = exported["model"]
     cfg = OmegaConf.create(exported["ckpt"]["config"])
     _, splits = load_splits(cfg.data, cfg.tokenizer)
     ids = torch.from_numpy(np.asarray(splits["validation"].tokens[:8 * 32], dtype=np.int64)).view(8, 32)
