@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lmlab.atomic import write_text
-from lmlab.config import ModelConfig, gpt_config, to_container, validate
+from lmlab.config import ModelConfig, gpt_config, job_name, to_container, validate
 
 log = logging.getLogger("lmlab")
 
@@ -50,7 +50,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     choices = hydra_cfg.runtime.choices
     tags = [f"{g}={choices[g]}" for g in ("sweep", "variant", "model", "schedule", "data") if choices.get(g)]
     tracker = Tracker(run_dir, cfg.logger, {**config, "derived": derived}, group=group,
-                      name=hydra_cfg.job.override_dirname or run_dir.name, tags=tags,
+                      name=job_name(hydra_cfg) or run_dir.name, tags=tags,
                       resume_id=resume["train_state"]["wandb_run_id"] if resume else None)
     try:
         summary = train(cfg, model, tokenizer, splits, tracker, run_dir, config, resume=resume,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -42,9 +43,15 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING
-    hub_id: str = "Salesforce/wikitext"
-    hub_config: str = MISSING
-    local_dir: Optional[str] = None  # null = download hub_id with `datasets`
+    kind: str = "wikitext"  # wikitext | hub (any dataset, a row per document) | text (a folder of .txt/.jsonl)
+    hub_id: Optional[str] = MISSING  # a hub dataset id, or a local folder datasets can load
+    hub_config: Optional[str] = None
+    text_column: str = "text"  # hub: the column holding each document; text: the .jsonl field
+    local_dir: Optional[str] = None  # wikitext: null = download hub_id with `datasets`; text: the folder
+    # hub and text corpora without a validation or test split: documents carved from train for
+    # each, a fraction (< 1) or a count (>= 1), by datasets' train_test_split seeded with split_seed
+    holdout: float = 0.05
+    split_seed: int = 0
     cache_dir: str = "${oc.env:LMLAB_CACHE_DIR,'~/.cache/lmlab'}"
     packing: bool = True  # true: documents concatenated with EOS; false: one document per row
 
@@ -139,25 +146,59 @@ class BenchRunConfig(Config):
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
+SCHEMA_PREFIX = "base_"  # schema nodes are `base_<group>` in each group: defaults, never a user's choice
+
+
 def register_configs(bench: bool = False) -> None:
     """The schema that conf/*.yaml extend. `bench=True` puts the bench's schema (the trainer's plus a
     `bench` node) under the name config.yaml starts from, so the bench composes every trainer group."""
     cs = ConfigStore.instance()
-    cs.store(name="base_config", node=BenchRunConfig if bench else Config)
+    cs.store(name=f"{SCHEMA_PREFIX}config", node=BenchRunConfig if bench else Config)
     for group, node in [("model", ModelConfig), ("data", DataConfig), ("schedule", ScheduleConfig),
                         ("tokenizer", TokenizerConfig), ("train", TrainConfig), ("eval", EvalConfig),
                         ("logger", LoggerConfig)]:
-        cs.store(group=group, name=f"base_{group}", node=node)
-    OmegaConf.register_new_resolver("lmlab.dirname", job_dirname, replace=True)
+        cs.store(group=group, name=f"{SCHEMA_PREFIX}{group}", node=node)
+    OmegaConf.register_new_resolver("lmlab.dirname", lambda: job_dirname(job_name()), replace=True)
 
 
-def job_dirname(overrides: str, limit: int = 200) -> str:
-    """A sweep job's dir name: its overrides, cut to fit a file name (255 bytes) when long and
+def swept_keys(hydra_cfg: DictConfig) -> set[str]:
+    """The keys a multirun sweeps over: its sweeper's params and the command line's sweep overrides
+    (`a=1,2`, `range(...)`, ...). A job's own config only holds its values, so the command line is
+    read from the sweep's multirun.yaml, which Hydra's sweeper writes before launching any job."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    master = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
+    source = OmegaConf.load(master).hydra if master.is_file() else hydra_cfg
+    params = source.sweeper.get("params") or {}
+    lines = [f"{key}={value}" for key, value in params.items()] + list(source.overrides.task)
+    return {o.key_or_group for o in OverridesParser.create().parse_overrides(lines) if o.is_sweep_override()}
+
+
+def job_name(hydra_cfg: DictConfig | None = None) -> str:
+    """A job's overrides as one string: in a sweep, the swept ones first, as the report's table
+    puts them, then the rest, each part sorted; the keys Hydra's override_dirname excludes are left
+    out. The same command always gives the same name, so a relaunched sweep finds its job dirs."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    hydra_cfg = hydra_cfg or HydraConfig.get()
+    style = hydra_cfg.job.config.override_dirname
+    overrides = [o for o in OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
+                 if o.key_or_group not in style.exclude_keys]
+    swept = swept_keys(hydra_cfg) if hydra_cfg.mode == RunMode.MULTIRUN else set()
+    lines = sorted(o.input_line for o in overrides if o.key_or_group in swept) + \
+        sorted(o.input_line for o in overrides if o.key_or_group not in swept)
+    return style.item_sep.join(line.replace("=", style.kv_sep, 1) for line in lines)
+
+
+def job_dirname(name: str, limit: int = 200) -> str:
+    """A sweep job's dir name: its `job_name`, cut to fit a file name (255 bytes) when long and
     ended with a hash of the whole, so it stays unique and a relaunched sweep finds the same dir."""
-    if len(overrides.encode()) <= limit:
-        return overrides
-    digest = hashlib.sha256(overrides.encode()).hexdigest()[:12]
-    return f"{overrides.encode()[:limit - 13].decode(errors='ignore')}~{digest}"
+    if len(name.encode()) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{name.encode()[:limit - 13].decode(errors='ignore')}~{digest}"
 
 
 def _positive(cfg: DictConfig, keys: list[str]) -> None:
@@ -200,6 +241,16 @@ def validate(cfg: DictConfig) -> None:
         _one_of(cfg, "bench.compare", ("none", "hf"))
     if cfg.tokenizer.vocab_size < 260:
         raise ConfigError("tokenizer.vocab_size", "must be at least 260 (256 bytes + EOS + merges)")
+    _one_of(cfg, "data.kind", ("wikitext", "hub", "text"))
+    if cfg.data.kind == "text" and cfg.data.local_dir is None:
+        raise ConfigError("data.local_dir", "data=text reads a local folder of .txt/.jsonl files: set data.local_dir=DIR")
+    if cfg.data.kind == "hub" and OmegaConf.is_missing(cfg.data, "hub_id"):
+        raise ConfigError("data.hub_id", "data=hub needs a dataset: set data.hub_id=ID (a hub id or a local folder)")
+    if cfg.data.kind == "hub" and cfg.data.local_dir is not None:
+        raise ConfigError("data.local_dir", "data=hub loads data.hub_id (a hub id or a local folder datasets can "
+                          "read); for a folder of .txt/.jsonl files use data=text")
+    if cfg.data.kind != "wikitext" and cfg.data.holdout <= 0:
+        raise ConfigError("data.holdout", f"must be positive (a fraction < 1 or a count >= 1), got {cfg.data.holdout}")
     _one_of(cfg, "schedule.decay", ("cosine", "constant"))
     _one_of(cfg, "tokenizer.kind", ("bpe", "gpt2"))
     _one_of(cfg, "train.device", ("auto", "cpu", "cuda"))

@@ -13,7 +13,7 @@ from typing import Callable
 from hydra.errors import HydraException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
-from lmlab.config import ConfigError
+from lmlab.config import SCHEMA_PREFIX, ConfigError
 
 EXIT_BAD_INPUT = 2
 EXIT_PREEMPTED = 75
@@ -55,6 +55,10 @@ def one_line(e: BaseException) -> str:
             break
         if not line or line.startswith(_NOISE):
             continue
+        # Hydra lists a group's schema node among its options; no user picks it.
+        if raw.startswith("\t") and parts and parts[-1].startswith("Available options") and \
+                line.startswith(SCHEMA_PREFIX):
+            continue
         if raw.startswith("\t") and parts:
             parts[-1] += (" " if parts[-1].endswith(":") else ", ") + line
         else:
@@ -76,6 +80,12 @@ def exit_for(e: BaseException, prog: str = "lmlab") -> None:
     if not _FULL_ERROR:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+
+
+def exit_bad_input(e: BaseException, prog: str) -> None:
+    """For entry points without Hydra (generate, export): the error in one line, exit status 2."""
+    print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
 
 
 def report_errors(entry: Callable[[], object], prog: str = "lmlab") -> None:

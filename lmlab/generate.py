@@ -14,13 +14,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 from omegaconf.errors import OmegaConfBaseException
+
+from lmlab.cli import parse_key_values
 
 # Samples at evaluation are short and seeded the same each time, so successive ones differ only
 # through the weights and barely add to evaluation time.
@@ -143,25 +145,13 @@ def eval_sampler(cfg, tokenizer, tracker, run_dir: Path):
 
 
 def parse_args(argv: list[str]) -> GenerateConfig:
-    """key=value arguments into a typed GenerateConfig. The prompt is taken verbatim: YAML parsing
-    would strip its leading space (which BPE keeps) or read `a: b` as a mapping."""
-    cfg = OmegaConf.structured(GenerateConfig)
-    keys = [f.name for f in fields(GenerateConfig)]
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in keys:
-            raise ValueError(f"expected key=value with key one of {', '.join(keys)}; got {arg!r}")
-        if key in ("prompt", "checkpoint"):
-            cfg[key] = value
-        else:
-            cfg.merge_with_dotlist([arg])
-    if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise ValueError("checkpoint=PATH is required")
-    return OmegaConf.to_object(cfg)
+    """key=value arguments into a typed GenerateConfig; the prompt and the path are taken verbatim."""
+    return parse_key_values(GenerateConfig, argv, verbatim=("prompt", "checkpoint"))
 
 
 def main(argv: list[str] | None = None) -> None:
     from lmlab.checkpoint import CheckpointError, load_model
+    from lmlab.errors import exit_bad_input
     from lmlab.step import resolve_device
 
     try:
@@ -171,8 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         out = sample(model, tokenizer, cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
                      cfg.top_p, torch.Generator().manual_seed(cfg.seed))
     except (ValueError, CheckpointError, OmegaConfBaseException) as e:
-        print(f"lmlab.generate: error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
-        sys.exit(2)
+        exit_bad_input(e, "lmlab.generate")
     print(out.prompt + out.text)
     print(f"{len(out.tokens)} tokens in {out.seconds:.2f} s ({out.tokens_per_s:,.1f} tokens/s on "
           f"{device}), stopped: {out.stop}", file=sys.stderr)

@@ -52,3 +52,18 @@ def run_cli(args: list[str], cwd: Path, module: str = "lmlab", timeout: int = 30
     called from a module-scoped fixture, which runs before the autouse `offline_env`."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **TEST_ENV})
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cache_dir) -> Path:
+    """A run of the TINY model trained for a few steps on real WikiText, test split scored in full:
+    the checkpoint the export and lm-evaluation-harness tests start from."""
+    if not MINI.is_dir():
+        pytest.skip(f"real WikiText not found at {MINI}")
+    run_dir = tmp_path_factory.mktemp("tiny-run")
+    r = subprocess.run([sys.executable, "-m", "lmlab", f"data.local_dir={MINI}", *TINY, "train.max_steps=30",
+                        "train.eval_every=15", "schedule=none", "schedule.peak_lr=3e-3", "eval.sample_tokens=0",
+                        "logger=none", f"hydra.run.dir={run_dir}"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, **TEST_ENV, "LMLAB_CACHE_DIR": str(cache_dir)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run_dir

@@ -21,8 +21,10 @@ BASE = [f"data.local_dir={MINI}", *TINY, "eval.max_batches=2", "eval.sample_toke
 
 # (id, command-line arguments, what the one line must say). {x} are paths the `world` fixture makes.
 CASES = [
-    ("unknown group option", ["model=optionB"], "Could not find 'model/optionB'; Available options in 'model': "),
-    ("unknown data option", ["data=wikitext5"], "Could not find 'data/wikitext5'"),
+    ("unknown group option", ["model=optionB"],
+     "Could not find 'model/optionB'; Available options in 'model': optionA, optionC, small"),
+    ("unknown data option", ["data=wikitext5"],
+     "Could not find 'data/wikitext5'; Available options in 'data': hub, text, wikitext103, wikitext2"),
     ("misspelled key", ["model.n_headz=4"], "Could not override 'model.n_headz'; Key 'n_headz' not in 'ModelConfig'"),
     ("misspelled group", ["trian.max_steps=5"], "Key 'trian' not in 'Config'"),
     ("wrong type", ["train.batch_size=eight"], "Value 'eight' of type 'str' could not be converted to Integer"),
@@ -52,6 +54,10 @@ CASES = [
     ("wrong layout", ["data.local_dir={tmp}/wrong_layout"], "has no train/validation/test split: expected wiki."),
     ("a split missing", ["data.local_dir={tmp}/no_test"], "has no test split"),
     ("empty split", ["data.local_dir={tmp}/empty_valid"], "the validation split is empty"),
+    ("hub corpus without a dataset id", ["data=hub"], "data.hub_id: data=hub needs a dataset: set data.hub_id=ID"),
+    ("text corpus without a folder", ["data=text", "data.local_dir=null"], "data.local_dir: data=text reads a local folder"),
+    ("text corpus folder without text", ["data=text", "data.local_dir={tmp}/wrong_layout"],
+     "data.local_dir={tmp}/wrong_layout holds no .txt or .jsonl file"),
     ("non-UTF-8 text", ["data.local_dir={tmp}/latin1"], "wiki.train.raw is not UTF-8 text (invalid continuation byte at byte"),
     ("batch larger than the data", ["train.batch_size=100000"], "train.batch_size: train.batch_size=100000 is larger than the"),
     ("missing checkpoint", ["train.resume={tmp}/nope.pt"], "no checkpoint at {tmp}/nope.pt"),

@@ -87,3 +87,25 @@ def test_long_job_dirnames_fit_a_file_name_and_stay_unique():
     a, b = job_dirname(long_a), job_dirname(long_b)
     assert len(a.encode()) <= 200 and len(b.encode()) <= 200
     assert a != b and a == job_dirname(long_a)  # unique, and the same on a relaunch
+
+
+def test_cli_without_network_fails_fast_in_one_line(tmp_path):
+    """Not told it is offline, with the hub unreachable (HF_ENDPOINT on a closed local port): one
+    line at once, where datasets alone retries for ~30 s."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import TEST_ENV
+
+    env = {**os.environ, **TEST_ENV, "HF_ENDPOINT": "http://127.0.0.1:9"}
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        env.pop(key)
+    started = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "lmlab", f"hydra.run.dir={tmp_path}", "logger=none"], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and time.perf_counter() - started < 15
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "the hub is unreachable" in lines[0] and "data.local_dir=" in lines[0]

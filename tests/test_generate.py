@@ -100,7 +100,7 @@ def test_arguments_are_typed_and_the_prompt_is_verbatim():
     cfg = parse_args(["checkpoint=a.pt", "prompt= Title: a = b", "top_k=null", "temperature=0", "max_new_tokens=7"])
     assert (cfg.prompt, cfg.top_k, cfg.temperature, cfg.max_new_tokens) == (" Title: a = b", None, 0.0, 7)
     assert cfg.top_p == 0.95 and cfg.seed == 0  # the defaults
-    with pytest.raises(ValueError, match="checkpoint=PATH is required"):
+    with pytest.raises(ValueError, match=r"checkpoint=\.\.\. is required"):
         parse_args(["prompt=x"])
     with pytest.raises(ValueError, match="key one of checkpoint, prompt"):
         parse_args(["checkpoint=a.pt", "tokens=5"])

@@ -87,8 +87,8 @@ def test_dff_ratio_sweep_gives_one_job_and_one_wandb_run_per_ratio(tmp_path):
     for ratio, run in runs.items():
         assert run["id"] == (jobs[ratio] / "wandb_run_id").read_text()
         assert run["group"] == "dff_ratio/t0"  # the sweep name and timestamp
-        # Named by the job's overrides; its dir is the same name, cut and hashed when long.
-        assert jobs[ratio].name == job_dirname(run["name"]) and f"model.d_ff_ratio={ratio:g}" in run["name"]
+        # Named by the job's overrides, the swept one first; its dir is the same name, cut and hashed when long.
+        assert jobs[ratio].name == job_dirname(run["name"]) and run["name"].startswith(f"model.d_ff_ratio={ratio:g},")
         assert {"sweep=dff_ratio", "model=small"} <= set(run["tags"])
         assert run["config"]["model"]["d_ff_ratio"] == ratio
         assert run["config"]["derived"]["d_ff"] == ratio * d_model
@@ -154,3 +154,22 @@ def test_optuna_sweep_writes_a_finite_best_value(tmp_path):
     assert [d.name for d in trials] == ["0", "1", "2"]
     best = min(_summary(d)["best_val_loss"] for d in trials)
     assert result["best_value"] == pytest.approx(best)  # the objective is the best validation loss
+
+
+@needs_mini
+def test_job_dirs_start_with_what_the_sweep_varies_and_a_relaunch_finds_them(tmp_path):
+    """With many fixed overrides the names pass 200 bytes and end in a hash: the swept values come
+    first, so they are never the part cut off (the issue measured `eval.max_batches=4,...~4f39`)."""
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", *SHRINK, "schedule=none,warmup", "train.seed=0", "train.eval_every=2", "eval.sample_tokens=0",
+            "logger=none", f"hydra.sweep.dir={sweep_dir}"]
+    r = run_cli(args, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    names = sorted(d.name for d in sweep_dir.iterdir() if (d / ".hydra").is_dir())
+    assert [n.split(",")[0] for n in names] == ["schedule=none", "schedule=warmup"]
+    assert all(len(n.encode()) <= 200 and "~" in n for n in names)
+    assert names[0].split(",")[1:3] == ["eval.batch_size=64", "eval.max_batches=2"]  # then the rest, sorted
+    r = run_cli(args, cwd=REPO)  # relaunched: the same dirs, found done
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("is done already") == 2
+    assert sorted(d.name for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()) == names

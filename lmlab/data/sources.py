@@ -1,15 +1,23 @@
-"""Where the text comes from: three sources behind one function, `read_split`, and `split_text`,
-the one thing the token cache asks of a source: a split's documents and its word and byte counts.
+"""Where the text comes from, and `split_text`, the one thing the token cache asks of a source:
+a split's documents and its word and byte counts. `data.kind` picks the source:
 
-- a hub id, through `datasets.load_dataset` (downloads and caches);
-- a local folder in the hub's parquet layout (`<folder>/<hub_config>/<split>-*.parquet`);
-- a local folder of the original files `wiki.{train,valid,test}.{raw,tokens}`.
+- `wikitext`: WikiText from a hub id through `datasets.load_dataset`, a local folder in the hub's
+  parquet layout (`<folder>/<hub_config>/<split>-*.parquet`) or a local folder of the original
+  files `wiki.{train,valid,test}.{raw,tokens}`. All yield the split's lines with their newlines;
+  `documents` rebuilds articles from them. Words follow WikiText's convention.
+- `hub`: any dataset `datasets.load_dataset` reads (a hub id or a local folder), one row of
+  `data.text_column` per document.
+- `text`: a local folder of `.txt` files (one document per file) and `.jsonl` files (one document
+  per line, in the `data.text_column` field).
 
-All yield the split's lines with their newlines; `documents` rebuilds articles from them.
+A `hub` or `text` corpus without a validation or test split has it carved from train
+(`data.holdout` documents, a fraction or a count) by `datasets`' seeded `train_test_split`, so the
+same corpus always gives the same splits.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -18,6 +26,8 @@ from pathlib import Path
 SPLITS = ("train", "validation", "test")
 _RAW_NAMES = {"train": "train", "validation": "valid", "test": "test"}
 _TITLE = re.compile(r"^ = [^=].* = \n?$")
+_SPLIT_ALIASES = {"validation": ("validation", "valid", "dev"), "test": ("test",), "train": ("train",)}
+_TEXT_SUFFIXES = (".txt", ".jsonl")
 
 
 class DataError(RuntimeError):
@@ -31,6 +41,51 @@ class SplitText:
     n_bytes: int  # UTF-8 bytes of the split's text, the denominator of bits per byte
 
 
+def corpus_kind(data_cfg) -> str:
+    return data_cfg.get("kind") or "wikitext"  # configs saved before data.kind existed are WikiText
+
+
+def _folder(data_cfg) -> Path:
+    folder = Path(data_cfg.local_dir).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"data.local_dir={data_cfg.local_dir} is not a directory")
+    return folder
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+# --- the cache key ----------------------------------------------------------------------------
+
+def source_files(data_cfg) -> list[Path] | None:
+    """The local files behind a config (None for a hub id): they key the token cache."""
+    kind = corpus_kind(data_cfg)
+    if kind == "hub":  # a local folder given as the dataset's path keys by its files too
+        path = Path(data_cfg.hub_id).expanduser()
+        return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else None
+    if kind == "text":
+        return _text_files(_folder(data_cfg), data_cfg.local_dir)
+    return None if data_cfg.local_dir is None else _wikitext_files(data_cfg)
+
+
+def source_key(data_cfg) -> str:
+    """Identifies the text: hub id and config, or the local files' paths, sizes and mtimes; and
+    for `hub` and `text`, the column read and how splits are carved."""
+    kind = corpus_kind(data_cfg)
+    files = source_files(data_cfg)
+    parts = [f"hub:{data_cfg.hub_id}:{data_cfg.hub_config}"] if kind == "hub" or files is None else []
+    parts += [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files or []]
+    if kind != "wikitext":
+        parts.append(f"{kind}:{data_cfg.text_column}:{data_cfg.holdout}:{data_cfg.split_seed}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+# --- WikiText ---------------------------------------------------------------------------------
+
 def _raw_file(folder: Path, split: str) -> Path | None:
     for ext in ("raw", "tokens"):
         path = folder / f"wiki.{_RAW_NAMES[split]}.{ext}"
@@ -43,45 +98,27 @@ def _parquet_files(folder: Path, hub_config: str, split: str) -> list[Path]:
     return sorted((folder / hub_config).glob(f"{split}-*.parquet"))
 
 
-def source_files(data_cfg) -> list[Path] | None:
-    """The local files behind a config (None for a hub id): they key the token cache."""
-    if data_cfg.local_dir is None:
-        return None
-    folder = Path(data_cfg.local_dir).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"data.local_dir={data_cfg.local_dir} is not a directory")
-    files = [f for s in SPLITS for f in ([_raw_file(folder, s)] if _raw_file(folder, s) else
-                                         _parquet_files(folder, data_cfg.hub_config, s))]
-    missing = [s for s in SPLITS if not (_raw_file(folder, s) or _parquet_files(folder, data_cfg.hub_config, s))]
+def _wikitext_files(data_cfg) -> list[Path]:
+    folder = _folder(data_cfg)
+    found = {s: [_raw_file(folder, s)] if _raw_file(folder, s) else _parquet_files(folder, data_cfg.hub_config, s)
+             for s in SPLITS}
+    missing = [s for s in SPLITS if not found[s]]
     if missing:
         raise DataError(
             f"data.local_dir={data_cfg.local_dir} has no {'/'.join(missing)} split: expected "
             f"wiki.{{train,valid,test}}.raw (or .tokens) or {data_cfg.hub_config}/{{train,validation,test}}-*.parquet")
-    return files
-
-
-def source_key(data_cfg) -> str:
-    """Identifies the text: hub id + config, or the local files' paths, sizes and mtimes."""
-    files = source_files(data_cfg)
-    if files is None:
-        ident = f"hub:{data_cfg.hub_id}:{data_cfg.hub_config}"
-    else:
-        ident = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return [f for s in SPLITS for f in found[s]]
 
 
 def read_split(data_cfg, split: str) -> list[str]:
-    """The lines of one split, each ending in a newline (empty lines are just '\\n')."""
+    """The lines of one WikiText split, each ending in a newline (empty lines are just '\\n')."""
     if data_cfg.local_dir is None:
-        return _read_hub(data_cfg, split)
+        return _rows_to_lines(_load_dataset(data_cfg.hub_id, data_cfg.hub_config, split=split)["text"])
     folder = Path(data_cfg.local_dir).expanduser()
-    source_files(data_cfg)  # raises a DataError naming what is missing
+    _wikitext_files(data_cfg)  # raises a DataError naming what is missing
     raw = _raw_file(folder, split)
     if raw is not None:
-        try:
-            return raw.read_text(encoding="utf-8").splitlines(keepends=True)
-        except UnicodeDecodeError as e:
-            raise DataError(f"{raw} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        return _read_utf8(raw).splitlines(keepends=True)
     import datasets
 
     files = [str(f) for f in _parquet_files(folder, data_cfg.hub_config, split)]
@@ -92,21 +129,6 @@ def read_split(data_cfg, split: str) -> list[str]:
 def _rows_to_lines(rows: list[str]) -> list[str]:
     # Hub rows keep their trailing newline; blank lines, " \n" in the original files, are "".
     return [r if r else " \n" for r in rows]
-
-
-def _read_hub(data_cfg, split: str) -> list[str]:
-    import datasets
-
-    try:
-        rows = datasets.load_dataset(data_cfg.hub_id, data_cfg.hub_config, split=split)
-    except Exception as e:  # datasets raises many types (ConnectionError, OfflineModeIsEnabled, ...)
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
-        why = "offline (HF_HUB_OFFLINE=1)" if offline else f"{type(e).__name__}"
-        raise DataError(
-            f"cannot load {data_cfg.hub_id}/{data_cfg.hub_config} from the hub: {why}. Point "
-            "data.local_dir at local files instead, e.g. data.local_dir=../shared/data/wikitext-2-mini "
-            "(a folder of wiki.{train,valid,test}.raw, or the hub's parquet layout)") from None
-    return _rows_to_lines(rows["text"])
 
 
 def documents(lines: list[str]) -> list[str]:
@@ -127,10 +149,155 @@ def word_count(lines: list[str]) -> int:
     return sum(len(line.split()) for line in lines) + len(lines)
 
 
+# --- the hub ----------------------------------------------------------------------------------
+
+def _hub_unreachable() -> bool:
+    """A HEAD request to the hub through huggingface_hub's own client (proxies and HF_ENDPOINT
+    honoured), with a short timeout: `datasets` would retry for ~30 s before failing."""
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=5)
+    except Exception:  # httpx's connect and timeout errors, under whichever client is installed
+        return True
+    return False
+
+
+def _load_dataset(path: str, name: str | None, **kwargs):
+    """`datasets.load_dataset` of a hub id or local folder, failing in one line and at once when
+    the hub cannot be reached."""
+    import datasets
+
+    local = Path(path).expanduser().exists()
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+    if not local and not offline and _hub_unreachable():
+        why = "the hub is unreachable (set HF_DATASETS_OFFLINE=1 to use a copy datasets downloaded before)"
+    else:
+        try:
+            return datasets.load_dataset(path, name, **kwargs)
+        except Exception as e:  # datasets raises many types (ConnectionError, OfflineModeIsEnabled, ...)
+            if local:
+                raise DataError(f"cannot load {path} with datasets: {type(e).__name__}: {e}") from None
+            why = "offline (HF_HUB_OFFLINE=1)" if offline else f"{type(e).__name__}"
+    raise DataError(
+        f"cannot load {path}{'/' + name if name else ''} from the hub: {why}. Point data.local_dir at local "
+        "files instead, e.g. data.local_dir=../shared/data/wikitext-2-mini (a folder of "
+        "wiki.{train,valid,test}.raw, or the hub's parquet layout), or use data=text data.local_dir=DIR")
+
+
+def _hub_splits(data_cfg) -> dict:
+    found = _load_dataset(data_cfg.hub_id, data_cfg.hub_config)
+    splits = {split: found[next(a for a in aliases if a in found)] for split, aliases in _SPLIT_ALIASES.items()
+              if any(a in found for a in aliases)}
+    if "train" not in splits:
+        raise DataError(f"{data_cfg.hub_id} has no train split (it has {', '.join(found)})")
+    column = data_cfg.text_column
+    if column not in splits["train"].column_names:
+        raise DataError(f"{data_cfg.hub_id} has no column {column!r} (it has "
+                        f"{', '.join(splits['train'].column_names)}): set data.text_column")
+    return {split: ds.select_columns([column]).rename_column(column, "text").filter(_has_text, input_columns="text")
+            for split, ds in splits.items()}
+
+
+def _has_text(doc: str | None) -> bool:
+    return bool(doc and doc.strip())  # an empty document holds no token: it is dropped before carving
+
+
+# --- a local folder of text -------------------------------------------------------------------
+
+def _text_files(folder: Path, shown: str) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix in _TEXT_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not files:
+        raise DataError(f"data.local_dir={shown} holds no .txt or .jsonl file")
+    return files
+
+
+def _file_documents(path: Path, column: str) -> list[str]:
+    text = _read_utf8(path)
+    if path.suffix == ".txt":
+        return [text]
+    docs = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)[column]
+        except (ValueError, KeyError, TypeError):
+            doc = None
+        if not isinstance(doc, str):
+            raise DataError(f"{path}:{n} is not a JSON object with a {column!r} string field")
+        docs.append(doc)
+    return docs
+
+
+def _text_splits(data_cfg) -> dict:
+    """Documents of every .txt/.jsonl file, per split when the folder has train/ (and maybe
+    validation/, test/) subfolders, else in one pool that `_carve` splits."""
+    import datasets
+
+    folder = _folder(data_cfg)
+    roots = {split: folder / split for split in SPLITS if (folder / split).is_dir()}
+    if not roots:
+        roots = {"train": folder}
+    elif "train" not in roots:
+        raise DataError(f"data.local_dir={data_cfg.local_dir} has {'/'.join(roots)}/ but no train/ folder")
+    return {split: datasets.Dataset.from_dict({"text": [doc for f in _text_files(root, str(root))
+                                                       for doc in _file_documents(f, data_cfg.text_column)
+                                                       if _has_text(doc)]})
+            for split, root in roots.items()}
+
+
+def holdout_size(n_docs: int, holdout: float) -> int:
+    """Documents carved for one split: `holdout` is a fraction of the corpus (< 1) or a count
+    (>= 1), as `test_size` is in datasets; at least one."""
+    return max(1, int(holdout) if holdout >= 1 else round(holdout * n_docs))
+
+
+def _carve(splits: dict, data_cfg) -> dict:
+    """Validation and test carved from train where the corpus has none (`data.holdout` each), by
+    datasets' seeded `train_test_split`, so the same corpus always gives the same splits."""
+    missing = [s for s in ("validation", "test") if s not in splits]
+    if not missing:
+        return splits
+    train = splits["train"]
+    k = holdout_size(len(train), data_cfg.holdout)
+    if len(train) <= k * len(missing):
+        raise DataError(f"the corpus has {len(train)} training documents: carving {k} for each of "
+                        f"{' and '.join(missing)} (data.holdout) leaves none to train on")
+    held = train.train_test_split(test_size=k * len(missing), seed=data_cfg.split_seed)
+    splits = {**splits, "train": held["train"]}
+    if len(missing) == 1:
+        return {**splits, missing[0]: held["test"]}
+    both = held["test"].train_test_split(test_size=k, seed=data_cfg.split_seed)
+    return {**splits, "validation": both["train"], "test": both["test"]}
+
+
+def corpus_documents(data_cfg, split: str) -> list[str]:
+    """One split's documents of a `hub` or `text` corpus."""
+    splits = _hub_splits(data_cfg) if corpus_kind(data_cfg) == "hub" else _text_splits(data_cfg)
+    return list(_carve(splits, data_cfg)[split]["text"])
+
+
+# --- what the token cache asks ----------------------------------------------------------------
+
+def document_words(data_cfg, doc: str) -> int:
+    """One document's words under its corpus's convention: WikiText's (whitespace words plus one
+    per line) or, elsewhere, whitespace-separated words (str.split). Outside WikiText there is no
+    published convention to match, and for text without spaces between words (Chinese, Japanese)
+    the count means little: bits per byte is the number to compare there."""
+    return word_count(doc.splitlines(keepends=True)) if corpus_kind(data_cfg) == "wikitext" else len(doc.split())
+
+
 def split_text(data_cfg, split: str) -> SplitText:
     """One split's documents and counts; only the documents outlive this call, so a large split
     is held in memory once."""
-    lines = read_split(data_cfg, split)
-    if not any(line.strip() for line in lines):
+    if corpus_kind(data_cfg) == "wikitext":
+        lines = read_split(data_cfg, split)
+        docs, n_words = (documents(lines), word_count(lines)) if any(line.strip() for line in lines) else ([], 0)
+    else:
+        docs = corpus_documents(data_cfg, split)
+        n_words = sum(document_words(data_cfg, doc) for doc in docs)
+    if not docs:
         raise DataError(f"the {split} split is empty")
-    return SplitText(documents(lines), word_count(lines), sum(len(line.encode()) for line in lines))
+    return SplitText(docs, n_words, sum(len(doc.encode()) for doc in docs))
