@@ -1,4 +1,7 @@
 """lmlab: controlled experiments on small decoder-only transformer language models."""
+import time
+
+LAUNCHED = time.time()  # `python -m lmlab` imports this first: a run's startup_s counts from here
 
 
 def __getattr__(name):

@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from lmlab import LAUNCHED
 from lmlab.atomic import write_text
 from lmlab.config import ModelConfig, gpt_config, job_name, to_container, validate
 
@@ -53,7 +54,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
                       name=job_name(hydra_cfg) or run_dir.name, tags=tags,
                       resume_id=resume["train_state"]["wandb_run_id"] if resume else None)
     try:
-        summary = train(cfg, model, tokenizer, splits, tracker, run_dir, config, resume=resume,
+        summary = train(cfg, model, tokenizer, splits, tracker, run_dir, config, resume=resume, launched=LAUNCHED,
                         on_eval=eval_sampler(cfg, tokenizer, tracker, run_dir))
         tracker.write_summary(summary)  # before close: it also fills the W&B run's summary
     except Exception as e:

@@ -124,6 +124,7 @@ class GPT(nn.Module):
             self.wte.weight = nn.Parameter(torch.cat([self.wte.weight.detach(), zeros]))
             self.lm_head.weight = self.wte.weight
             self.wte.num_embeddings = self.lm_head.out_features = cfg.padded_vocab_size
+        self.register_buffer("padded_entries", torch.arange(cfg.padded_vocab_size) >= cfg.vocab_size, persistent=False)
 
     @staticmethod
     def _init_weights(module):
@@ -142,9 +143,12 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx: torch.Tensor, pad_mask: torch.Tensor | None = None,
-                segments: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab_size): the padded rows are sliced off, so loss, evaluation and sampling
-        only ever see the real vocabulary. With a cache, idx continues the cached sequence."""
+                segments: torch.Tensor | None = None, cache: KVCache | None = None,
+                padded_vocab: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab_size), so sampling and every other reader only ever see the real
+        vocabulary. `padded_vocab=True` keeps the padded width with -inf in the padded entries (no
+        probability, no gradient): what the loss takes, since slicing the width off cost the
+        loss kernels 2x on an H200. With a cache, idx continues the cached sequence."""
         B, T = idx.shape
         start = 0 if cache is None or cache[0][0] is None else cache[0][0].size(2)
         if start + T > self.cfg.max_seq_len:
@@ -154,7 +158,12 @@ class GPT(nn.Module):
         mask = attention_mask(pad_mask, segments, T, idx.device)
         for i, block in enumerate(self.blocks):
             x = block(x, mask, None if cache is None else cache[i])
-        return self.lm_head(self.ln_f(x))[..., :self.cfg.vocab_size]
+        logits = self.lm_head(self.ln_f(x))
+        if self.cfg.padded_vocab_size == self.cfg.vocab_size:
+            return logits
+        if padded_vocab:
+            return logits.masked_fill(self.padded_entries, float("-inf"))
+        return logits[..., :self.cfg.vocab_size]
 
     def new_cache(self) -> KVCache:
         return [[None, None] for _ in self.blocks]

@@ -128,9 +128,10 @@ def device_batches(tokens, sampler: Sampler, count: int, eos_id: int, segments: 
 
 
 def forward_loss(model, x, y, pad_mask=None, segments=None, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of a device batch; pad and unscored targets (IGNORE) count for nothing. Under
-    torch.compile the fp32 upcast fuses into the loss kernel instead of copying the logits."""
-    logits = model(x, pad_mask=pad_mask, segments=segments)
+    """Cross-entropy of a device batch; pad and unscored targets (IGNORE) count for nothing, and so
+    do padded vocabulary entries (-inf). Under torch.compile the fp32 upcast and the -inf fuse into
+    the loss kernels instead of copying the logits."""
+    logits = model(x, pad_mask=pad_mask, segments=segments, padded_vocab=True)
     return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction=reduction)
 
 

@@ -151,13 +151,15 @@ def rewind_records(run_dir: Path, step: int) -> None:
 
 
 def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir: Path,
-          config: dict, resume: dict | None = None, on_eval=None) -> dict:
+          config: dict, resume: dict | None = None, on_eval=None, launched: float | None = None) -> dict:
     """Train until train.max_steps or train.max_tokens, evaluating every train.eval_every steps and
     checkpointing every train.checkpoint_every; then score validation and test with the best checkpoint.
 
     `resume` is a loaded checkpoint to continue from exactly; `on_eval(model, state)` runs after
-    each evaluation (used to write samples). A stop signal checkpoints and raises Preempted; a
-    non-finite loss raises TrainingDiverged, leaving the last good checkpoint. Returns the summary.
+    each evaluation (used to write samples); `launched` is the process's start (time.time()), from
+    which the summary's startup_s counts to the end of the first step. A stop signal checkpoints
+    and raises Preempted; a non-finite loss raises TrainingDiverged, leaving the last good
+    checkpoint. Returns the summary.
     """
     tcfg, eos = cfg.train, tokenizer.eos_id
     device = resolve_device(tcfg.device)
@@ -236,7 +238,7 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
                                        f"the last good checkpoint is {ckpt_dir / 'last.pt'} (step {saved_step})")
         return values[-1]
 
-    tokens_per_s, started = None, time.perf_counter()
+    tokens_per_s, started, first_step_at = None, time.perf_counter(), None
     try:
         # From the first evaluation on, a stop signal waits for a step boundary; the bar is closed
         # before any error is printed, so the error gets a line of its own.
@@ -255,6 +257,8 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
                 micro, n_tokens = device_batches(splits["train"].tokens, sampler, tcfg.grad_accum, eos,
                                                  segments, device)
                 pending.append(step(micro, lr))
+                if first_step_at is None:
+                    first_step_at = time.time()
                 state.step += 1
                 state.tokens += n_tokens
                 window_tokens += n_tokens
@@ -293,4 +297,5 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
             "steps": state.step, "tokens_seen": state.tokens, "tokens_per_s": tokens_per_s,
             "mfu": mfu(flops_tok, tokens_per_s, peak), "flops_per_token": flops_tok, "device": device_name,
             "peak_tflops": peak / 1e12 if peak else None, "compiled": step.compiled,
-            "checkpoint_stall_s": max(writer.stalls, default=None), "wall_s": time.perf_counter() - started}
+            "checkpoint_stall_s": max(writer.stalls, default=None), "wall_s": time.perf_counter() - started,
+            "startup_s": first_step_at - launched if first_step_at and launched else None}

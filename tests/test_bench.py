@@ -68,7 +68,8 @@ def test_bench_cli_prints_the_table_with_hf_data_path_and_checkpoint(tmp_path):
     n = GPT(GPTConfig(vocab_size=512, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=32)).n_params(True)
     assert row["mfu"] == pytest.approx(flops_per_token(n, 32, 512, 2, 32) * row["tokens_per_s"] / 0.5e12)
     assert 0 < row["ckpt_stall_s"] < row["ckpt_write_s"] and row["ckpt_blocking_s"] > 0
-    assert row["bpe_encode_mb_s"] > 0 and row["cache_load_s"] > 0 and row["launch_to_exit_1_step_s"] > 0
+    assert row["bpe_encode_mb_s"] > 0 and row["cache_load_s"] > 0
+    assert 0 < row["launch_to_first_step_s"] < row["launch_to_exit_1_step_s"]
 
 
 def test_bench_options_are_checked_before_any_compute(tmp_path):

@@ -13,13 +13,14 @@ import torch
 IGNORE = -100  # cross_entropy's ignore_index
 
 
-def _chunk(start: int, end: int, seq_len: int) -> list[tuple[int, int, int]]:
+def _chunk(start: int, end: int, seq_len: int) -> np.ndarray:
     """Windows of seq_len + 1 tokens over [start, end), overlapping by one token."""
-    return [(s, min(s + seq_len + 1, end), s + 1) for s in range(start, end - 1, seq_len)]
+    starts = np.arange(start, end - 1, seq_len, dtype=np.int64)
+    return np.stack([starts, np.minimum(starts + seq_len + 1, end), starts + 1], axis=1)
 
 
 def packed_rows(n_tokens: int, seq_len: int) -> np.ndarray:
-    return np.array(_chunk(0, n_tokens, seq_len), dtype=np.int64).reshape(-1, 3)
+    return _chunk(0, n_tokens, seq_len)
 
 
 def document_rows(tokens: np.ndarray, eos_id: int, seq_len: int) -> np.ndarray:
@@ -27,8 +28,8 @@ def document_rows(tokens: np.ndarray, eos_id: int, seq_len: int) -> np.ndarray:
     which plays the part of a beginning-of-text token, so each document's first token is scored."""
     ends = np.flatnonzero(np.asarray(tokens) == eos_id) + 1
     starts = np.concatenate([[0], ends[:-1] - 1])
-    rows = [r for s, e in zip(starts, ends) for r in _chunk(int(s), int(e), seq_len)]
-    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+    chunks = [_chunk(int(s), int(e), seq_len) for s, e in zip(starts, ends)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, 3), dtype=np.int64)
 
 
 def strided_rows(n_tokens: int, seq_len: int, stride: int) -> np.ndarray:
