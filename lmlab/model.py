@@ -147,8 +147,10 @@ class GPT(nn.Module):
                 padded_vocab: bool = False) -> torch.Tensor:
         """Logits (B, T, vocab_size), so sampling and every other reader only ever see the real
         vocabulary. `padded_vocab=True` keeps the padded width with -inf in the padded entries (no
-        probability, no gradient): what the loss takes, since slicing the width off cost the
-        loss kernels 2x on an H200. With a cache, idx continues the cached sequence."""
+        probability, no gradient), which is what the loss takes: with the width sliced off, the
+        compiled loss read unaligned rows and zero-filled a full copy for the backward, 3.9 of the
+        small model's 7.7 ms of GPU time per step on an H200. With a cache, idx continues the
+        cached sequence."""
         B, T = idx.shape
         start = 0 if cache is None or cache[0][0] is None else cache[0][0].size(2)
         if start + T > self.cfg.max_seq_len:
