@@ -28,6 +28,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
 
     from lmlab.checkpoint import check_same_model, resume_checkpoint
     from lmlab.data import load_splits
+    from lmlab.data.floors import load_floors
     from lmlab.generate import eval_sampler
     from lmlab.model import GPT
     from lmlab.tracking import Tracker
@@ -35,6 +36,10 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
 
     resume = resume_checkpoint(cfg.train.resume, run_dir / "checkpoints")
     tokenizer, splits = load_splits(cfg.data, cfg.tokenizer)
+    floors = load_floors(cfg.data, cfg.tokenizer, splits, tokenizer.vocab_size)
+    bugs = [name for name, on in cfg.bugs.items() if on]
+    for name in bugs:
+        log.warning("bug switch on: bugs.%s puts the seed's bug back on purpose; this run measures its cost", name)
     torch.manual_seed(cfg.train.seed)
     model = GPT(gpt_config(cfg, tokenizer.vocab_size))
     if resume is not None:
@@ -56,6 +61,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     try:
         summary = train(cfg, model, tokenizer, splits, tracker, run_dir, config, resume=resume, launched=LAUNCHED,
                         on_eval=eval_sampler(cfg, tokenizer, tracker, run_dir))
+        summary.update(floors=floors, bugs=bugs)
         tracker.write_summary(summary)  # before close: it also fills the W&B run's summary
     except Exception as e:
         if finished_summary(run_dir) is None:  # a finished run's results outlive a failed relaunch

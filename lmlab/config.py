@@ -107,6 +107,32 @@ class EvalConfig:
 
 
 @dataclass
+class BugsConfig:
+    """The seed's bugs, put back on purpose so the rootcause study measures what each one costs
+    (sweeps/variant/bug_*.yaml). Off by default; a run with one on says so in a warning and in
+    its summary.json. Never turn one on in a run you mean to use."""
+    drop_eos_targets: bool = False  # EOS is never a training target: the model never learns to end a document
+    eval_in_train_mode: bool = False  # validation and test scored in train mode (dropout on)
+    # data.packing=false rows without their padding mask: padded keys are attended to and the pad
+    # token (EOS) is a training target at every padded position
+    no_pad_mask: bool = False
+
+
+@dataclass
+class RootcauseConfig:
+    """The values the rootcause study's arms (sweeps/variant/) put in place of the baseline's, one
+    factor per arm (all_fixes: every one). Defaults are the fixes proposed for the seed: optionA's
+    width and depth, d_ff = 4 x d_model, context 512, 2000 warmup steps; a smaller study's
+    `scale` (sweeps/scale/) sets smaller ones to go with its smaller baseline."""
+    d_model: int = 512
+    n_heads: int = 8
+    n_layers: int = 6
+    d_ff_ratio: float = 4.0
+    max_seq_len: int = 512
+    warmup_steps: int = 2000
+
+
+@dataclass
 class LoggerConfig:
     kind: str = "none"  # none | wandb
     project: str = "lmlab"
@@ -124,6 +150,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    bugs: BugsConfig = field(default_factory=BugsConfig)
+    rootcause: RootcauseConfig = field(default_factory=RootcauseConfig)
 
 
 @dataclass
@@ -251,6 +279,9 @@ def validate(cfg: DictConfig) -> None:
                           "read); for a folder of .txt/.jsonl files use data=text")
     if cfg.data.kind != "wikitext" and cfg.data.holdout <= 0:
         raise ConfigError("data.holdout", f"must be positive (a fraction < 1 or a count >= 1), got {cfg.data.holdout}")
+    if cfg.bugs.no_pad_mask and cfg.data.packing:
+        raise ConfigError("bugs.no_pad_mask", "packed rows have no padding to mask; the bug is about "
+                          "variable-length batches: set data.packing=false")
     _one_of(cfg, "schedule.decay", ("cosine", "constant"))
     _one_of(cfg, "tokenizer.kind", ("bpe", "gpt2"))
     _one_of(cfg, "train.device", ("auto", "cpu", "cuda"))

@@ -1,9 +1,7 @@
 """Perplexity over a whole split: exp(total NLL / total tokens), never a mean of batch perplexities."""
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Callable, ContextManager
 
 import numpy as np
@@ -11,47 +9,21 @@ import torch
 from tqdm import tqdm
 
 from lmlab.data import IGNORE, Split, collate
+from lmlab.metrics import EvalResult
 from lmlab.step import batch_loss
-
-
-@dataclass
-class EvalResult:
-    nll: float  # summed over every scored token, in nats
-    n_tokens: int
-    n_words: int | None  # None unless the whole split was scored
-    n_bytes: int | None
-
-    @property
-    def loss(self) -> float:
-        return self.nll / self.n_tokens
-
-    @property
-    def ppl(self) -> float:
-        return math.exp(min(self.loss, 700.0))
-
-    @property
-    def word_ppl(self) -> float | None:
-        return math.exp(min(self.nll / self.n_words, 700.0)) if self.n_words else None
-
-    @property
-    def bpb(self) -> float | None:
-        return self.nll / (math.log(2) * self.n_bytes) if self.n_bytes else None
-
-    def metrics(self, prefix: str) -> dict:
-        return {f"{prefix}_loss": self.loss, f"{prefix}_ppl": self.ppl,
-                f"{prefix}_word_ppl": self.word_ppl, f"{prefix}_bpb": self.bpb}
 
 
 @torch.inference_mode()
 def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int, device,
              context: Callable[[], ContextManager] = nullcontext, segments: bool = False,
-             max_batches: int | None = None) -> EvalResult:
+             max_batches: int | None = None, train_mode: bool = False) -> EvalResult:
     """Score `rows` of `split` in eval mode (dropout off), each forward under a fresh `context()`
     (see step.compute_context); the caller's train/eval mode is restored. The NLL is summed on the
-    device and read once at the end."""
+    device and read once at the end. `train_mode=True` is the seed's bug (bugs.eval_in_train_mode):
+    dropout stays on."""
     device = torch.device(device)
     was_training = model.training
-    model.eval()
+    model.train(train_mode)
     try:
         all_starts = range(0, len(rows), batch_size)
         starts = list(all_starts)[:max_batches]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.config import ConfigError
-from lmlab.data import IGNORE, Sampler, collate
+from lmlab.data import IGNORE, Sampler, collate, with_seed_bugs
 from lmlab.model import GPT
 
 
@@ -116,14 +116,15 @@ def to_device(batch: dict, device) -> dict:
 
 
 def device_batches(tokens, sampler: Sampler, count: int, eos_id: int, segments: bool,
-                   device: torch.device) -> tuple[list[dict], int]:
-    """The next `count` micro-batches of `sampler` on the device, and how many targets they score
-    (padding and unscored positions not counted), counted on the host: no device sync."""
+                   device: torch.device, bugs=None) -> tuple[list[dict], int]:
+    """The next `count` micro-batches of `sampler` on the device, with the seed's bugs that `bugs`
+    turns on (see `with_seed_bugs`), and how many real targets they hold (padding and unscored
+    positions not counted, so every arm stops at the same data), counted on the host: no device sync."""
     batches, n_targets = [], 0
     for _ in range(count):
         batch = collate(tokens, sampler.next_rows(), eos_id, segments)
         n_targets += int((batch["y"] != IGNORE).sum())
-        batches.append(to_device(batch, device))
+        batches.append(to_device(with_seed_bugs(batch, bugs, eos_id), device))
     return batches, n_targets
 
 

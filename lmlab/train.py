@@ -197,7 +197,8 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
 
     def run_eval(split: str) -> EvalResult:
         return evaluate(model, splits[split], rows[split], eos, cfg.eval.batch_size, device,
-                        partial(compute_context, device, tcfg), segments, cfg.eval.max_batches)
+                        partial(compute_context, device, tcfg), segments, cfg.eval.max_batches,
+                        train_mode=cfg.bugs.eval_in_train_mode)
 
     def checkpoint(best: bool = False) -> None:
         nonlocal saved_step
@@ -255,7 +256,7 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
             while not done():
                 lr = lr_at(state.step, cfg.schedule, total)
                 micro, n_tokens = device_batches(splits["train"].tokens, sampler, tcfg.grad_accum, eos,
-                                                 segments, device)
+                                                 segments, device, cfg.bugs)
                 pending.append(step(micro, lr))
                 if first_step_at is None:
                     first_step_at = time.time()

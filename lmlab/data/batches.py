@@ -65,6 +65,19 @@ def collate(tokens: np.ndarray, rows: np.ndarray, eos_id: int, segments: bool = 
     return batch
 
 
+def with_seed_bugs(batch: dict, bugs, eos_id: int) -> dict:
+    """A training batch from `collate` with the seed's bugs that `bugs` (the `bugs` config node)
+    turns on put back; the batch itself when `bugs` is None or every switch is off.
+    drop_eos_targets: no EOS is a target, so the model never learns to end a document.
+    no_pad_mask: the pad mask is dropped, so padded keys are attended to, and every padded
+    position is scored with the pad token (EOS) as its target."""
+    if bugs is not None and bugs.drop_eos_targets:
+        batch["y"][batch["y"] == eos_id] = IGNORE
+    if bugs is not None and bugs.no_pad_mask:
+        batch["y"][~batch.pop("pad_mask")] = eos_id
+    return batch
+
+
 class Sampler:
     """Rows in a fresh seeded permutation each epoch. Its state (epoch, cursor) is the data
     position a checkpoint stores, so a resumed run sees exactly the batches it would have seen."""

@@ -1,0 +1,5 @@
+import sys
+
+from lmlab.report.write import main
+
+sys.exit(main())

@@ -1,0 +1,199 @@
+"""The report's PNGs: a metric by each swept value, validation curves, test loss by arm, and the
+scaling fit; the reference floors (summary.json's `floors`) as horizontal lines where given."""
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import EngFormatter, NullLocator  # noqa: E402
+
+from lmlab.report.jobs import SEED_KEY, Job, arm_keys, label, short  # noqa: E402
+from lmlab.report.scaling import ScalingFit  # noqa: E402
+
+FLOOR_NAMES = {"unigram": "unigram", "interpolated_bigram": "interpolated bigram",
+               "kneser_ney_bigram": "Kneser-Ney bigram"}
+
+
+def _slug(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
+
+
+def _floor_lines(ax, floors: dict | None, metric: str, low: float, high: float, vertical: bool = False) -> list[float]:
+    """The bigram floors as dashed lines where they fall within [low, high] (the unigram, far
+    above every curve, would only squash them); returns the values drawn."""
+    drawn = []
+    for name in ("interpolated_bigram", "kneser_ney_bigram"):
+        value = (floors or {}).get(name, {}).get(metric)
+        if value is not None and low <= value <= high:
+            is_floor = floors["floor"] == name
+            (ax.axvline if vertical else ax.axhline)(
+                value, color="0.2" if is_floor else "0.6", linestyle="--" if is_floor else ":", linewidth=1.2,
+                label=FLOOR_NAMES[name] + (" (the floor)" if is_floor else ""))
+            drawn.append(value)
+    return drawn
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _positions(values: list[str]) -> tuple[list[float], bool, list[str]]:
+    """x positions for the values of one key: numbers where all are numeric (log axis when they
+    span a factor of 8 or more), else categories in first-seen order."""
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        order = list(dict.fromkeys(values))
+        return [float(order.index(v)) for v in values], False, order
+    positive = min(numbers) > 0
+    return numbers, positive and max(numbers) / min(numbers) >= 8, []
+
+
+def plot_metric_by_key(jobs: list[Job], key: str, keys: list[str], out: Path, floors: dict | None = None) -> Path:
+    values = [job.overrides.get(key, "-") for job in jobs]
+    xs, log_x, categories = _positions(values)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    done = [(x, job.summary["best_val_ppl"]) for x, job in zip(xs, jobs)
+            if job.done and job.summary.get("best_val_ppl") is not None]
+    ax.scatter([x for x, _ in done], [y for _, y in done], s=36, color="tab:blue", zorder=3, label="job")
+    alone = arm_keys(keys) == [key]
+    if alone and done:  # the only factor (seeds aside): join the means so the trend reads at a glance
+        by_x: dict[float, list[float]] = {}
+        for x, y in done:
+            by_x.setdefault(x, []).append(y)
+        mean_xs = sorted(by_x)
+        ax.plot(mean_xs, [statistics.mean(by_x[x]) for x in mean_xs], color="tab:blue", alpha=0.6,
+                label="mean over seeds" if SEED_KEY in keys else None)
+    if done:  # the floors' validation perplexity, near enough to the jobs to share their axis
+        ys = [y for _, y in done]
+        _floor_lines(ax, floors, "val_ppl", min(ys) / 1.5, max(ys) * 1.5)
+    failed = [x for x, job in zip(xs, jobs) if not job.done]
+    if failed:  # drawn on the top edge: a failed job has no perplexity, but it was part of the sweep
+        ax.scatter(failed, [0.97] * len(failed), transform=ax.get_xaxis_transform(), marker="x",
+                   color="tab:red", s=60, zorder=3, label=f"failed ({len(failed)})")
+    if categories:
+        ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 4 else 0)
+        ax.set_xlim(-0.5, len(categories) - 0.5)
+    else:  # limits by hand: the failed markers do not count towards autoscaling
+        low, high = min(xs), max(xs)
+        if log_x:
+            ax.set_xscale("log", base=2 if all(math.log2(x).is_integer() for x in xs) else 10)
+            ax.set_xlim(low / (high / low) ** 0.08, high * (high / low) ** 0.08)
+        else:
+            pad = 0.1 * (high - low) or 0.5 * abs(low) or 1.0
+            ax.set_xlim(low - pad, high + pad)
+        if len(set(xs)) <= 8:  # few values: tick exactly those
+            ax.set_xticks(sorted(set(xs)), [short(str(v)) for v in sorted(set(xs))])
+            ax.xaxis.set_minor_locator(NullLocator())
+    ax.margins(y=0.15)  # room on top for the failed markers
+    ax.set_xlabel(key)
+    ax.set_ylabel("best validation perplexity (lower is better)")
+    ax.set_title(f"Best validation perplexity by {key}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, out / f"best_val_ppl_by_{_slug(key)}.png")
+
+
+def plot_val_curves(jobs: list[Job], keys: list[str], out: Path, floors: dict | None = None) -> Path | None:
+    curves = []
+    for job in jobs:
+        points = [(m["tokens"], m["val_loss"]) for m in job.metrics
+                  if m.get("tokens") is not None and m.get("val_loss") is not None]
+        if points:
+            curves.append((job, points))
+    if not curves:
+        return None
+    arms = list(dict.fromkeys(label(job, arm_keys(keys)) for job, _ in curves))
+    seeds = list(dict.fromkeys(job.overrides.get(SEED_KEY) for job, _ in curves))
+    colors = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20")
+    styles = ["-", "--", ":", "-."]
+    # The legend goes below the plot: beside it, long override labels would squeeze the axes.
+    legend_rows = len(arms) if max(map(len, arms)) > 50 else math.ceil(len(arms) / 2)
+    fig, ax = plt.subplots(figsize=(10, 5 + 0.22 * legend_rows))
+    labelled = set()
+    for job, points in curves:
+        arm = label(job, arm_keys(keys))
+        name = arm if len(arms) <= 10 else f"#{job.num}"  # many arms (a search): the table has the values
+        line_label = None if arm in labelled else name + ("" if job.done else " (failed)")
+        labelled.add(arm)
+        ax.plot([t for t, _ in points], [v for _, v in points], marker="o", markersize=3,
+                color=colors(arms.index(arm) % colors.N),
+                linestyle=styles[seeds.index(job.overrides.get(SEED_KEY)) % len(styles)], label=line_label)
+    # The untrained step-0 loss (about ln(vocab size)) would squash every later difference into a
+    # sliver, so the axis starts from the first evaluation after training began.
+    later = [v for _, points in curves for t, v in points if t > 0]
+    untrained = [v for _, points in curves for t, v in points if t == 0]
+    if later:
+        low, high = min(later), max(later)
+        pad = 0.05 * (high - low or high)
+        drawn = _floor_lines(ax, floors, "val_loss", low - 4 * pad, high + pad)
+        ax.set_ylim(min([low, *drawn]) - pad, high + pad)
+        if untrained and max(untrained) > high + pad:
+            ax.text(0.99, 0.98, f"untrained (0 tokens): up to {max(untrained):.2f}, above the axis",
+                    transform=ax.transAxes, ha="right", va="top", fontsize=8, color="0.3")
+    ax.xaxis.set_major_formatter(EngFormatter())
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("validation loss (nats/token)")
+    title = "Validation loss against training tokens"
+    ax.set_title(title + (f"; line style = {SEED_KEY} ({', '.join(map(str, seeds))})" if len(seeds) > 1 else ""))
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False,
+              ncol=1 if max(map(len, arms)) > 50 else 2)
+    return _save(fig, out / "val_loss_curves.png")
+
+
+def plot_arms(arms: dict[str, list[float]], baseline: str, out: Path, floors: dict | None = None) -> Path:
+    """Test loss by arm: each seed a dot, the mean and its +-1 SD bar, the floors as lines."""
+    names = list(arms)
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.42 * len(names)))
+    for i, name in enumerate(names):
+        values = arms[name]
+        color = "tab:orange" if name == baseline else "tab:blue"
+        ax.scatter(values, [i] * len(values), s=18, color=color, alpha=0.6, zorder=3)
+        if values:
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            ax.errorbar(statistics.fmean(values), i, xerr=sd, fmt="|", markersize=14, color=color, capsize=4, zorder=4)
+    losses = [v for values in arms.values() for v in values]
+    if losses:
+        spread = max(losses) - min(losses) or 0.1
+        _floor_lines(ax, floors, "test_loss", min(losses) - 3 * spread, max(losses) + 3 * spread, vertical=True)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("test loss (nats/token, lower is better); bar: mean +- 1 SD over seeds")
+    ax.set_title(f"Test loss by arm (baseline: {baseline})")
+    ax.grid(True, axis="x", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=8)
+    return _save(fig, out / "test_loss_by_arm.png")
+
+
+def plot_scaling(n_params: list[float], losses: list[float], fit: ScalingFit, out: Path,
+                 floors: dict | None = None) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(n_params, losses, s=30, color="tab:blue", zorder=3, label="run (test loss)")
+    grid = np.geomspace(min(fit.sizes), fit.next_n, 100)
+    ax.plot(grid, fit.predict(grid), color="tab:blue", alpha=0.7,
+            label=f"fit {fit.form}, alpha = {fit.params['alpha']:.3f}")
+    ax.errorbar([fit.next_n], [fit.prediction], yerr=[[fit.prediction - fit.low], [fit.high - fit.prediction]],
+                fmt="D", color="tab:green", capsize=4, label="next size: 95% prediction interval")
+    low, high = min([*losses, fit.low]), max([*losses, fit.high])
+    _floor_lines(ax, floors, "test_loss", low - 0.5 * (high - low), high + 0.5 * (high - low))
+    ax.set_xscale("log")
+    ticks = [*fit.sizes, fit.next_n]  # the sizes themselves: log-scale minor labels would overlap
+    ax.set_xticks(ticks, [f"{n / 1e6:.3g}M" for n in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel("test loss (nats/token)")
+    ax.set_title("Loss against model size at a fixed token budget")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, out / "scaling_fit.png")

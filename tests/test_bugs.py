@@ -1,0 +1,112 @@
+"""The seed's bugs as switches (config `bugs`): each changes exactly what it claims when on, nothing
+when off, refuses a setting where it could not act, and is reported in summary.json."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+
+from lmlab.config import BugsConfig, ConfigError, validate
+from lmlab.data import IGNORE, Sampler, Split, collate, document_rows, packed_rows, with_seed_bugs
+from lmlab.evaluate import evaluate
+from lmlab.model import GPT, GPTConfig
+from lmlab.step import batch_loss, device_batches
+from tests.conftest import MINI, REPO, TINY, compose_config, needs_mini, run_cli
+
+EOS = 0
+CFG = GPTConfig(vocab_size=50, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=32)
+BUGS = ("drop_eos_targets", "eval_in_train_mode", "no_pad_mask")
+
+
+def documents(lengths=(3, 17, 40, 8, 1, 12)) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return np.concatenate([np.append(rng.integers(1, CFG.vocab_size, n), EOS) for n in lengths])
+
+
+def padded_batch() -> dict:
+    tokens = documents()
+    batch = collate(tokens, document_rows(tokens, EOS, CFG.max_seq_len), EOS)
+    assert not batch["pad_mask"].all() and (batch["y"] == EOS).any()  # padded, and EOS targets to drop
+    return batch
+
+
+def test_off_by_default_and_a_misspelt_switch_fails_before_compute():
+    cfg = compose_config()
+    assert dict(cfg.bugs) == {name: False for name in BUGS}
+    assert all(not getattr(BugsConfig(), name) for name in BUGS)
+    with pytest.raises(ConfigCompositionException, match="drop_eos"):
+        compose_config(["bugs.drop_eos=true"])
+
+
+def test_every_switch_off_leaves_the_batch_as_it_is():
+    for bugs in (None, BugsConfig()):
+        batch, reference = padded_batch(), padded_batch()
+        out = with_seed_bugs(batch, bugs, EOS)
+        assert set(out) == set(reference) and all(torch.equal(out[k], reference[k]) for k in reference)
+
+
+def test_drop_eos_targets_removes_eos_targets_and_nothing_else():
+    reference = padded_batch()
+    out = with_seed_bugs(padded_batch(), BugsConfig(drop_eos_targets=True), EOS)
+    assert not (out["y"] == EOS).any()
+    was_eos = reference["y"] == EOS
+    assert (out["y"][was_eos] == IGNORE).all() and torch.equal(out["y"][~was_eos], reference["y"][~was_eos])
+    assert torch.equal(out["x"], reference["x"]) and torch.equal(out["pad_mask"], reference["pad_mask"])
+
+
+def test_no_pad_mask_drops_the_mask_and_scores_the_padding_as_eos():
+    reference = padded_batch()
+    out = with_seed_bugs(padded_batch(), BugsConfig(no_pad_mask=True), EOS)
+    assert "pad_mask" not in out and torch.equal(out["x"], reference["x"])
+    real = reference["pad_mask"]
+    assert torch.equal(out["y"][real], reference["y"][real]) and (out["y"][~real] == EOS).all()
+    # What that costs is in the loss half: with right padding and causal attention no real token
+    # attends to a padded key, so the real positions' logits do not change without the mask.
+    torch.manual_seed(0)
+    model = GPT(CFG).eval()
+    with_mask, without = model(reference["x"], pad_mask=reference["pad_mask"]), model(out["x"])
+    torch.testing.assert_close(without[real], with_mask[real], rtol=0, atol=1e-5)
+    assert batch_loss(model, out, "cpu").item() != pytest.approx(batch_loss(model, reference, "cpu").item())
+
+
+def test_device_batches_put_the_bugs_in_and_count_the_same_real_targets():
+    tokens = documents()
+    rows = document_rows(tokens, EOS, 16)
+    plain, plain_n = device_batches(tokens, Sampler(rows, 4, seed=0), 2, EOS, False, torch.device("cpu"))
+    bugged, bugged_n = device_batches(tokens, Sampler(rows, 4, seed=0), 2, EOS, False, torch.device("cpu"),
+                                      BugsConfig(drop_eos_targets=True, no_pad_mask=True))
+    assert bugged_n == plain_n  # every arm stops at the same amount of real data
+    assert all("pad_mask" not in b for b in bugged)
+    assert any((b["y"] != p["y"]).any() for b, p in zip(bugged, plain))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_eval_in_train_mode_scores_with_dropout_on(dropout):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**CFG.__dict__, "dropout": dropout})).eval()
+    tokens = documents()
+    split, rows = Split("v", tokens, 1, 10, 10), packed_rows(len(tokens), CFG.max_seq_len)
+    right = evaluate(model, split, rows, EOS, 4, "cpu")
+    bugged = evaluate(model, split, rows, EOS, 4, "cpu", train_mode=True)
+    assert not model.training  # the caller's mode comes back
+    if dropout:
+        assert bugged.nll != pytest.approx(right.nll)
+    else:  # no dropout: train mode computes exactly what eval mode does
+        assert bugged.nll == right.nll
+
+
+def test_no_pad_mask_needs_variable_length_batches():
+    with pytest.raises(ConfigError, match="bugs.no_pad_mask.*data.packing=false"):
+        validate(compose_config(["bugs.no_pad_mask=true"]))
+    validate(compose_config(["+variant=bug_no_pad_mask"]))  # the arm sets data.packing=false itself
+
+
+@needs_mini
+def test_a_bug_arm_says_so_in_its_summary(tmp_path):
+    run_dir = tmp_path / "run"
+    r = run_cli([f"data.local_dir={MINI}", *TINY, "+variant=bug_drop_eos", "train.max_steps=2", "train.eval_every=2",
+                 "eval.sample_tokens=0", "logger=none", f"hydra.run.dir={run_dir}"], cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["bugs"] == ["drop_eos_targets"]
+    assert "bug switch on: bugs.drop_eos_targets" in r.stdout + r.stderr
