@@ -1,6 +1,8 @@
 """The sweep report from run dirs alone: table rows, seed averages, failed and killed jobs, plots.
 (The report over a real sweep run is in test_sweeps.py.)"""
 import json
+import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +24,9 @@ def _job(root: Path, num: int, overrides: list[str], summary: dict | None, val_l
     return job_dir
 
 
-def _done(best_val_ppl: float, test_ppl: float) -> dict:
-    return {"status": "done", "best_val_ppl": best_val_ppl, "test_ppl": test_ppl, "n_params": 1_234_567,
-            "tokens_seen": 3000, "tokens_per_s": 4321.9}
+def _done(best_val_ppl: float, test_ppl: float, **more) -> dict:
+    return {"status": "done", "best_val_ppl": best_val_ppl, "test_ppl": test_ppl, "test_loss": math.log(test_ppl),
+            "n_params": 1_234_567, "tokens_seen": 3000, "tokens_per_s": 4321.9, **more}
 
 
 def test_report_rows_seed_means_failures_and_plots(tmp_path):
@@ -45,10 +47,13 @@ def test_report_rows_seed_means_failures_and_plots(tmp_path):
         "| 2 | variant=warmup, train.seed=0 | - | 1,000 | - | - | - | failed: TrainingDiverged: loss is nan \\| at step 3 |",
         "| 3 | variant=warmup, train.seed=1 | - | - | - | - | - | no summary.json (killed?) |",
     ]
-    assert "| variant=baseline | 2/2 | 105.00 (100.00-110.00) | 108.00 (104.00-112.00) |" in report
-    assert "| variant=warmup | 0/2 | - | - |" in report
-    # One plot per swept factor (the seed is not a factor) and the curves.
-    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["best_val_ppl_by_variant.png", "val_loss_curves.png"]
+    # The arms: the baseline's two seeds give a mean and a spread; the warmup arm has no done seed.
+    assert "| variant=baseline | 2/2 | 4.681 ± 0.052 | - | - | - | (baseline) | - |" in report
+    assert "| variant=warmup | 0/2 | - | - | - | - | - | - |" in report
+    assert "No floor row" in report and "`variant=baseline`" in report.split("Fewer than 3 seeds")[1]
+    # One plot per swept factor (the seed is not a factor), the arms and the curves.
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["best_val_ppl_by_variant.png", "test_loss_by_arm.png",
+                                                             "val_loss_curves.png"]
     for png in tmp_path.glob("*.png"):
         assert png.read_bytes()[:4] == b"\x89PNG" and f"({png.name})" in report
 
@@ -71,3 +76,57 @@ def test_report_over_single_runs_and_an_empty_dir(tmp_path, capsys):
 def test_report_never_imports_torch():
     code = "import sys, lmlab.report; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+FLOORS = {"floor": "kneser_ney_bigram",
+          "unigram": {"test_loss": 6.0, "test_word_ppl": 9000.0, "test_bpb": 3.3, "val_loss": 6.1},
+          "interpolated_bigram": {"test_loss": 4.45, "test_word_ppl": 800.0, "test_bpb": 2.45, "val_loss": 4.5},
+          "kneser_ney_bigram": {"test_loss": 4.4, "test_word_ppl": 700.0, "test_bpb": 2.42, "val_loss": 4.45}}
+
+
+def _arm_job(root: Path, num: int, arm: str, seed: int, test_loss: float, samples: bool = False) -> None:
+    summary = _done(60.0, math.exp(test_loss), test_word_ppl=2 * test_loss, test_bpb=test_loss / 2, floors=FLOORS)
+    job_dir = _job(root, num, [f"+variant={arm}", f"train.seed={seed}"], summary, [6.0, 4.6, 4.5])
+    if samples:
+        rows = [{"step": step, "tokens": 0, "prompt": " The", "text": f" text at step {step}"} for step in (0, 10)]
+        (job_dir / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_arms_get_spreads_welch_verdicts_and_the_floor(tmp_path):
+    arms = {"baseline": [4.00, 4.02, 3.98], "warmup": [4.30, 4.31, 4.29], "ratio": [4.01, 3.97],
+            "size": [3.5]}
+    num = 0
+    for arm, losses in arms.items():
+        for seed, loss in enumerate(losses):
+            _arm_job(tmp_path, num, arm, seed, loss, samples=seed == 0)
+            num += 1
+    report = write_report(tmp_path).read_text()
+    table = {line.split(" | ")[0][2:]: line for line in report.splitlines() if re.match(r"\| variant=\w+ \| \d/\d \|", line)}
+    assert table["variant=baseline"] == ("| variant=baseline | 3/3 | 4.000 ± 0.020 | 8.0 ± 0.0 | 2.0000 ± 0.0100 "
+                                         "| - | (baseline) | 0.400 ± 0.020 |")
+    assert "| +0.300 [+0.258, +0.342] | yes (p = 0.0002) | 0.100 ± 0.010 |" in table["variant=warmup"]
+    assert " | no (p = " in table["variant=ratio"]
+    assert "| 3.500 (1 seed) |" in table["variant=size"] and "| -0.500 | cannot say: 1 seed has no spread |" in table["variant=size"]
+    assert "| Kneser-Ney bigram (the floor): counted on train, tuned on validation | - | 4.400 | 700.0 | 2.4200 | +0.400 |" in report
+    assert "The baseline beats the floor (Kneser-Ney bigram) on test by +0.400 nats/token: 20 x its seed spread" in report
+    assert "Fewer than 3 seeds where the difference is within twice the larger spread (or the baseline itself): `variant=ratio`." in report
+    assert "| variant=warmup | ' The' | ' text at step 10' |" in report  # the last evaluation's samples
+    assert "## Scaling" not in report  # no size is swept
+
+
+def test_a_width_sweep_gets_a_scaling_fit_and_three_sizes_say_why_not(tmp_path):
+    widths = [64, 96, 128, 192, 256]
+    for num, width in enumerate(widths):
+        n = 32 * width ** 2  # 4 layers of 8 d^2 non-embedding parameters
+        loss = 2.0 + 1.5 * (n / 1e6) ** -0.3 + 0.001 * (-1) ** num
+        summary = _done(60.0, math.exp(loss), n_params_non_embedding=n, floors=FLOORS)
+        _job(tmp_path / "five", num, [f"model.d_model={width}"], summary, [6.0, loss])
+        if width <= 128:
+            _job(tmp_path / "three", num, [f"model.d_model={width}"], summary, [6.0, loss])
+    report = write_report(tmp_path / "five").read_text()
+    assert "L(N) = E + A / N^alpha over non-embedding parameters N (in millions), test loss of 5 runs at 5 sizes" in report
+    assert "alpha = 0.302 ± 0.0027" in report and "E = 2.012 ± 0.017" in report
+    assert "Extrapolated to the next size, N = 4,194,304" in report  # the sweep's step (x2 in N) once more
+    assert (tmp_path / "five" / "scaling_fit.png").read_bytes()[:4] == b"\x89PNG" and "(scaling_fit.png)" in report
+    report = write_report(tmp_path / "three").read_text()
+    assert "No fit: 3 model sizes; fitting L(N) needs at least 4." in report

@@ -30,7 +30,7 @@ def _metrics(job_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("name", ["size", "dff_ratio", "context", "warmup", "rootcause", "optuna"])
+@pytest.mark.parametrize("name", ["size", "dff_ratio", "context", "warmup", "rootcause", "optuna", "width"])
 def test_every_sweep_stops_on_tokens_in_its_own_dir_and_yields_to_the_user(name):
     cfg = compose_config([f"sweep={name}"], hydra=True)
     assert cfg.hydra.sweep.dir.startswith(f"outputs/sweeps/{name}/")
@@ -48,23 +48,40 @@ def test_optuna_sweep_is_a_seeded_tpe_search_that_survives_failures():
     assert sweeper.params["schedule.peak_lr"].startswith("tag(log")
 
 
-def test_rootcause_arms_change_one_factor_at_a_time_from_the_seed():
+# The seed's baseline and fixes at each scale: size (d_model, n_heads, n_layers), ratio, context, warmup steps.
+SCALES = {"seed": ({"size": (256, 4, 4), "ratio": 2, "context": 256, "warmup": 0},
+                   {"size": (512, 8, 6), "ratio": 4, "context": 512, "warmup": 2000}),
+          "cpu": ({"size": (128, 4, 4), "ratio": 2, "context": 128, "warmup": 0},
+                  {"size": (256, 8, 6), "ratio": 4, "context": 256, "warmup": 100})}
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_rootcause_arms_change_one_factor_at_a_time_from_the_baseline(scale):
     params = compose_config(["sweep=rootcause"], hydra=True).hydra.sweeper.params
     arms = params["+variant"].split(",")
     assert sorted(arms) == sorted(p.stem for p in (SWEEPS / "variant").glob("*.yaml"))
     assert params["train.seed"] == "0,1"
 
     def factors(arm: str) -> dict:
-        cfg = compose_config(["sweep=rootcause", f"+variant={arm}"])
+        cfg = compose_config(["sweep=rootcause", f"scale={scale}", f"+variant={arm}"])
         return {"size": (cfg.model.d_model, cfg.model.n_heads, cfg.model.n_layers), "ratio": cfg.model.d_ff_ratio,
-                "context": cfg.model.max_seq_len, "warmup": cfg.schedule.name}
+                "context": cfg.model.max_seq_len, "warmup": cfg.schedule.warmup_steps,
+                "packing": cfg.data.packing, "bugs": {k for k, on in cfg.bugs.items() if on},
+                "schedule": (cfg.schedule.peak_lr, cfg.schedule.decay), "budget": cfg.train.max_tokens}
 
-    baseline = factors("baseline")
-    assert baseline == {"size": (256, 4, 4), "ratio": 2, "context": 256, "warmup": "none"}
+    baseline, fixes = SCALES[scale]
+    assert factors("baseline") == {**baseline, "packing": True, "bugs": set(), "budget": factors("baseline")["budget"],
+                                   "schedule": factors("baseline")["schedule"]}
+    assert factors("baseline")["schedule"][1] == "constant"  # the seed had no warmup and no decay
+    assert factors("warmup")["schedule"][1] == "cosine"
     for arm in arms:
-        changed = {k for k, v in factors(arm).items() if v != baseline[k]}
-        expected = {"baseline": set(), "all_fixes": set(baseline)}.get(arm, {arm})
+        arm_factors = factors(arm)
+        changed = {k for k, v in arm_factors.items() if v != factors("baseline")[k]}
+        expected = {"baseline": set(), "all_fixes": set(fixes) | {"schedule"}, "warmup": {"warmup", "schedule"},
+                    "unpacked": {"packing"}, "bug_no_pad_mask": {"packing", "bugs"}}.get(
+                        arm, {"bugs"} if arm.startswith("bug_") else {arm})
         assert changed == expected, arm
+        assert all(arm_factors[k] == fixes[k] for k in changed & set(fixes)), arm
 
 
 @needs_mini

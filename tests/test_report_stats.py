@@ -1,0 +1,71 @@
+"""The report's numbers on known inputs: seed spreads, Welch's verdicts, the seeds rule, and the
+scaling fit recovering the exponent of synthetic power-law points."""
+import math
+
+import numpy as np
+import pytest
+
+from lmlab.report.scaling import FULL, POWER, fit_scaling
+from lmlab.report.stats import Spread, compare, needs_more_seeds
+
+BASE = Spread([5.00, 5.02, 4.98])  # mean 5.00, SD 0.02
+
+
+def test_spread_is_the_sample_standard_deviation_and_one_seed_has_none():
+    assert Spread([1.0, 2.0, 3.0, 4.0]).sd == pytest.approx(math.sqrt(5 / 3))  # n - 1 in the denominator
+    assert Spread([4.2]).mean == 4.2 and Spread([4.2]).sd is None
+
+
+def test_a_clear_difference_is_distinguishable_with_welchs_interval():
+    arm = Spread([5.30, 5.31, 5.29])  # SD 0.01
+    c = compare(arm, BASE)
+    # By hand: se = sqrt(0.01^2/3 + 0.02^2/3) = 0.012910; Welch-Satterthwaite df = 2.941,
+    # whose 97.5% t quantile is 3.219: the interval is 0.300 +- 0.0416.
+    se = math.sqrt(0.01 ** 2 / 3 + 0.02 ** 2 / 3)
+    assert c.diff == pytest.approx(0.30)
+    assert (c.low, c.high) == (pytest.approx(0.30 - 3.219 * se, abs=2e-4), pytest.approx(0.30 + 3.219 * se, abs=2e-4))
+    assert c.distinguishable and c.p < 0.001 and c.verdict.startswith("yes")
+
+
+def test_a_difference_inside_the_noise_is_not():
+    c = compare(Spread([5.01, 4.97, 5.03]), BASE)
+    assert c.low < 0 < c.high and c.distinguishable is False and c.verdict.startswith("no")
+
+
+def test_one_seed_or_no_variation_gives_no_verdict():
+    for arm, base, reason in [(Spread([5.3]), BASE, "1 seed"), (Spread([5.3, 5.3]), Spread([5.0, 5.0]), "do not vary")]:
+        c = compare(arm, base)
+        assert c.low is None and c.distinguishable is None and reason in c.verdict
+        assert c.diff == pytest.approx(0.3)
+
+
+def test_arms_within_twice_the_spread_need_three_seeds():
+    assert needs_more_seeds(Spread([5.02, 5.04]), BASE)  # 0.03 apart; twice the baseline's SD is 0.04
+    assert not needs_more_seeds(Spread([5.03, 5.05, 5.04]), BASE)  # it has its 3 seeds
+    assert not needs_more_seeds(Spread([5.30, 5.31]), BASE)  # far outside the noise: 2 seeds do
+
+
+SIZES = np.repeat([1e5, 2e5, 4e5, 8e5, 1.6e6], 2)  # 5 sizes x 2 seeds
+
+
+def test_the_fit_recovers_the_exponent_and_the_irreducible_loss():
+    rng = np.random.default_rng(0)
+    losses = 2.0 + 5.0 * (SIZES / 1e6) ** -0.3 + rng.normal(0, 0.002, len(SIZES))
+    fit = fit_scaling(SIZES, losses)
+    assert fit.form == FULL and fit.note == ""
+    assert fit.params["alpha"] == pytest.approx(0.3, abs=0.005) and fit.params["E"] == pytest.approx(2.0, abs=0.05)
+    assert fit.next_n == pytest.approx(3.2e6)  # the sweep's doubling, once more
+    assert fit.low < 2.0 + 5.0 * 3.2 ** -0.3 < fit.high and fit.high - fit.low < 0.05
+
+
+def test_without_an_identifiable_e_it_fits_a_power_law_and_says_why():
+    rng = np.random.default_rng(0)
+    losses = 4.0 * (SIZES / 1e6) ** -0.1 + rng.normal(0, 0.01, len(SIZES))
+    fit = fit_scaling(SIZES, losses)
+    assert fit.form == POWER and fit.note.startswith("E left out")
+    assert fit.params["alpha"] == pytest.approx(0.1, abs=0.01) and set(fit.params) == {"A", "alpha"}
+    assert fit.low < 4.0 * 3.2 ** -0.1 < fit.high
+
+
+def test_fewer_than_four_sizes_are_not_fitted():
+    assert fit_scaling(SIZES[:6], np.linspace(5, 4, 6)) == "3 model sizes; fitting L(N) needs at least 4"
