@@ -2,6 +2,8 @@
 per token cache, and carried into summary.json."""
 import json
 import math
+import subprocess
+import sys
 from fractions import Fraction
 
 import numpy as np
@@ -115,3 +117,8 @@ def test_floors_are_computed_once_per_token_cache_and_reach_the_summary(tmp_path
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["floors"] == floors and summary["bugs"] == []
+
+
+def test_the_data_package_never_imports_the_model():
+    code = "import sys, lmlab.data, lmlab.data.floors; sys.exit('lmlab.model' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

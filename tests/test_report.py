@@ -108,7 +108,7 @@ def test_arms_get_spreads_welch_verdicts_and_the_floor(tmp_path):
     assert " | no (p = " in table["variant=ratio"]
     assert "| 3.500 (1 seed) |" in table["variant=size"] and "| -0.500 | cannot say: 1 seed has no spread |" in table["variant=size"]
     assert "| Kneser-Ney bigram (the floor): counted on train, tuned on validation | - | 4.400 | 700.0 | 2.4200 | +0.400 |" in report
-    assert "The baseline beats the floor (Kneser-Ney bigram) on test by +0.400 nats/token: 20 x its seed spread" in report
+    assert "The baseline beats the floor (Kneser-Ney bigram) on test by 0.400 nats/token: 20 x its seed spread" in report
     assert "Fewer than 3 seeds where the difference is within twice the larger spread (or the baseline itself): `variant=ratio`." in report
     assert "| variant=warmup | ' The' | ' text at step 10' |" in report  # the last evaluation's samples
     assert "## Scaling" not in report  # no size is swept

@@ -52,7 +52,7 @@ def test_optuna_sweep_is_a_seeded_tpe_search_that_survives_failures():
 SCALES = {"seed": ({"size": (256, 4, 4), "ratio": 2, "context": 256, "warmup": 0},
                    {"size": (512, 8, 6), "ratio": 4, "context": 512, "warmup": 2000}),
           "cpu": ({"size": (128, 4, 4), "ratio": 2, "context": 128, "warmup": 0},
-                  {"size": (256, 8, 6), "ratio": 4, "context": 256, "warmup": 100})}
+                  {"size": (192, 6, 6), "ratio": 4, "context": 256, "warmup": 100})}
 
 
 @pytest.mark.parametrize("scale", SCALES)

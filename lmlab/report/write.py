@@ -101,9 +101,10 @@ def arms_section(groups: dict[str, list[Job]], baseline: str, floors: dict | Non
         margin = floors[floors["floor"]]["test_loss"] - base.mean
         spread = (f"{margin / base.sd:.0f} x its seed spread (SD {base.sd:.4f} over {base.n} seeds)" if base.sd
                   else "no seed spread to compare with (1 seed)")
-        verb = "beats" if margin > 0 else "does not beat"
-        lines += [f"The baseline {verb} the floor ({plots.FLOOR_NAMES[floors['floor']]}) on test by "
-                  f"{margin:+.3f} nats/token: {spread}.", ""]
+        name = plots.FLOOR_NAMES[floors["floor"]]
+        verdict = (f"beats the floor ({name}) on test by {margin:.3f} nats/token" if margin > 0 else
+                   f"does not beat the floor ({name}): it is {-margin:.3f} nats/token above it on test")
+        lines += [f"The baseline {verdict}: {spread}.", ""]
     elif not floors:
         lines += ["No floor row: the done jobs carry no `floors` in summary.json, or differ in tokenizer or data.", ""]
     if more_seeds or base.n < 3:
