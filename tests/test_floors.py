@@ -89,6 +89,7 @@ def test_floors_report_the_model_metrics_with_smoothing_tuned_on_validation():
         assert nll(interpolated_bigram_probs(c, *val, uni["alpha"], jm["lambda"])) <= \
             nll(interpolated_bigram_probs(c, *val, uni["alpha"], lam)) + 1e-6
     # ... and validation and test are scored with it: every token after the first, the model's metrics.
+    assert kn["val_loss"] == pytest.approx(nll(kneser_ney_probs(c, *val, kn["discount"])) / 299)
     test_nll = nll(kneser_ney_probs(c, *test, kn["discount"]))
     assert kn["test_loss"] == pytest.approx(test_nll / 299)
     assert kn["test_ppl"] == pytest.approx(math.exp(test_nll / 299))
@@ -111,12 +112,14 @@ def test_floors_are_computed_once_per_token_cache_and_reach_the_summary(tmp_path
     monkeypatch.setattr("lmlab.data.floors.compute_floors", lambda *a: pytest.fail("computed twice"))
     assert load_floors(cfg.data, cfg.tokenizer, splits, tokenizer.vocab_size) == floors
 
+    # A run carries them into its summary.json (a bug arm's, which says so: tests/test_bugs.py).
     run_dir = tmp_path / "run"
-    r = run_cli([*overrides, "train.max_steps=2", "train.eval_every=2", "eval.sample_tokens=0", "logger=none",
-                 f"hydra.run.dir={run_dir}"], cwd=REPO)
+    r = run_cli([*overrides, "+variant=bug_drop_eos", "train.max_steps=2", "train.eval_every=2", "eval.sample_tokens=0",
+                 "logger=none", f"hydra.run.dir={run_dir}"], cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["floors"] == floors and summary["bugs"] == []
+    assert summary["floors"] == floors and summary["bugs"] == ["drop_eos_targets"]
+    assert "bug switch on: bugs.drop_eos_targets" in r.stdout + r.stderr
 
 
 def test_the_data_package_never_imports_the_model():

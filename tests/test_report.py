@@ -92,7 +92,7 @@ def _arm_job(root: Path, num: int, arm: str, seed: int, test_loss: float, sample
         (job_dir / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_arms_get_spreads_welch_verdicts_and_the_floor(tmp_path):
+def test_arms_get_spreads_welch_verdicts_and_the_floor(tmp_path, capsys):
     arms = {"baseline": [4.00, 4.02, 3.98], "warmup": [4.30, 4.31, 4.29], "ratio": [4.01, 3.97],
             "size": [3.5]}
     num = 0
@@ -112,6 +112,10 @@ def test_arms_get_spreads_welch_verdicts_and_the_floor(tmp_path):
     assert "Fewer than 3 seeds where the difference is within twice the larger spread (or the baseline itself): `variant=ratio`." in report
     assert "| variant=warmup | ' The' | ' text at step 10' |" in report  # the last evaluation's samples
     assert "## Scaling" not in report  # no size is swept
+    # Another baseline, named as the report labels arms; a name that is no arm is one line, exit 2.
+    assert "Baseline: `variant=warmup`" in write_report(tmp_path, baseline="variant=warmup").read_text()
+    assert main([str(tmp_path), "--baseline", "variant=nope"]) == 2
+    assert "'variant=nope' is not an arm; the arms are: variant=baseline; variant=warmup" in capsys.readouterr().err
 
 
 def test_a_width_sweep_gets_a_scaling_fit_and_three_sizes_say_why_not(tmp_path):

@@ -15,8 +15,8 @@ from lmlab.report.stats import LEVEL, Spread, compare, needs_more_seeds
 
 METRICS = {"test_loss": ("test nats/token", ".3f"), "test_word_ppl": ("test word ppl", ".1f"),
            "test_bpb": ("test bits/byte", ".4f")}
-# Sweeping these changes the model's size and nothing else the loss depends on (the `model` group
-# changes its context too, which the report names in the fit's section).
+# Sweeping these changes the model's size (the `model` group changes its context too, which the
+# fit's section says).
 SIZE_KEYS = ("model", "model.d_model", "model.n_layers", "model.n_heads", "model.d_ff_ratio")
 
 
@@ -133,6 +133,8 @@ def scaling_section(jobs: list[Job], keys: list[str], out: Path, floors: dict | 
               f"{min(tokens):,} training tokens each: {params} (± one standard error).", ""]
     if fit.note:
         lines += [fit.note + ".", ""]
+    if "model" in keys:
+        lines += ["The `model` group sets each model's context length too, so the fit mixes its effect in.", ""]
     lines += [f"Extrapolated to the next size, N = {fit.next_n:,.0f} (the sweep's geometric step past its "
               f"largest): {fit.prediction:.3f} nats/token, {LEVEL:.0%} prediction interval for one run "
               f"[{fit.low:.3f}, {fit.high:.3f}].", ""]
