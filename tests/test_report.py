@@ -50,7 +50,7 @@ def test_report_rows_seed_means_failures_and_plots(tmp_path):
     # The arms: the baseline's two seeds give a mean and a spread; the warmup arm has no done seed.
     assert "| variant=baseline | 2/2 | 4.681 ± 0.052 | - | - | - | (baseline) | - |" in report
     assert "| variant=warmup | 0/2 | - | - | - | - | - | - |" in report
-    assert "No floor row" in report and "`variant=baseline`" in report.split("Fewer than 3 seeds")[1]
+    assert "No floor row" in report and "`variant=baseline`" in report.split("Short of 3 seeds")[1]
     # One plot per swept factor (the seed is not a factor), the arms and the curves.
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["best_val_ppl_by_variant.png", "test_loss_by_arm.png",
                                                              "val_loss_curves.png"]
@@ -101,15 +101,19 @@ def test_arms_get_spreads_welch_verdicts_and_the_floor(tmp_path, capsys):
             _arm_job(tmp_path, num, arm, seed, loss, samples=seed == 0)
             num += 1
     report = write_report(tmp_path).read_text()
-    table = {line.split(" | ")[0][2:]: line for line in report.splitlines() if re.match(r"\| variant=\w+ \| \d/\d \|", line)}
+    table = {line.split(" | ")[0][2:]: line for line in report.splitlines()
+             if re.match(r"\| variant=\w+ \| \d/\d \|", line)}
     assert table["variant=baseline"] == ("| variant=baseline | 3/3 | 4.000 ± 0.020 | 8.0 ± 0.0 | 2.0000 ± 0.0100 "
                                          "| - | (baseline) | 0.400 ± 0.020 |")
     assert "| +0.300 [+0.258, +0.342] | yes (p = 0.0002) | 0.100 ± 0.010 |" in table["variant=warmup"]
     assert " | no (p = " in table["variant=ratio"]
-    assert "| 3.500 (1 seed) |" in table["variant=size"] and "| -0.500 | cannot say: 1 seed has no spread |" in table["variant=size"]
-    assert "| Kneser-Ney bigram (the floor): counted on train, tuned on validation | - | 4.400 | 700.0 | 2.4200 | +0.400 |" in report
-    assert "The baseline beats the floor (Kneser-Ney bigram) on test by 0.400 nats/token: 20 x its seed spread" in report
-    assert "Fewer than 3 seeds where the difference is within twice the larger spread (or the baseline itself): `variant=ratio`." in report
+    assert "| 3.500 (1 seed) |" in table["variant=size"]
+    assert "| -0.500 | cannot say: 1 seed has no spread |" in table["variant=size"]
+    assert ("| Kneser-Ney bigram (the floor): counted on train, tuned on validation | - | 4.400 | 700.0 | 2.4200 "
+            "| +0.400 |") in report
+    assert ("The baseline beats the floor (Kneser-Ney bigram) on test by 0.400 nats/token (20 x its seed spread, "
+            "SD 0.0200 over 3 seeds)") in report
+    assert "within twice the larger spread of it or without a spread to judge by: `variant=ratio`." in report
     assert "| variant=warmup | ' The' | ' text at step 10' |" in report  # the last evaluation's samples
     assert "## Scaling" not in report  # no size is swept
     # Another baseline, named as the report labels arms; a name that is no arm is one line, exit 2.
@@ -128,7 +132,8 @@ def test_a_width_sweep_gets_a_scaling_fit_and_three_sizes_say_why_not(tmp_path):
         if width <= 128:
             _job(tmp_path / "three", num, [f"model.d_model={width}"], summary, [6.0, loss])
     report = write_report(tmp_path / "five").read_text()
-    assert "L(N) = E + A / N^alpha over non-embedding parameters N (in millions), test loss of 5 runs at 5 sizes" in report
+    assert "L(N) = E + A / N^alpha over non-embedding parameters N (in millions), test loss of 5 runs at 5 sizes" \
+        in report
     assert "alpha = 0.302 ± 0.0027" in report and "E = 2.012 ± 0.017" in report
     assert "Extrapolated to the next size, N = 4,194,304" in report  # the sweep's step (x2 in N) once more
     assert (tmp_path / "five" / "scaling_fit.png").read_bytes()[:4] == b"\x89PNG" and "(scaling_fit.png)" in report

@@ -3,6 +3,7 @@ scaling fit; the reference floors (summary.json's `floors`) as horizontal lines 
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -21,7 +22,7 @@ FLOOR_NAMES = {"unigram": "unigram", "interpolated_bigram": "interpolated bigram
 
 
 def _slug(key: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", key)
 
 
 def _floor_lines(ax, floors: dict | None, metric: str, low: float, high: float, vertical: bool = False) -> list[float]:

@@ -56,7 +56,8 @@ def _spread(members: list[Job], metric: str) -> Spread:
 
 def shared_floors(jobs: list[Job]) -> dict | None:
     """The floors every done job shares (one tokenizer, one corpus), else None."""
-    distinct = {json.dumps(job.summary["floors"], sort_keys=True) for job in jobs if job.done and job.summary.get("floors")}
+    distinct = {json.dumps(job.summary["floors"], sort_keys=True) for job in jobs
+                if job.done and job.summary.get("floors")}
     return json.loads(distinct.pop()) if len(distinct) == 1 else None
 
 
@@ -72,7 +73,8 @@ def arms_section(groups: dict[str, list[Job]], baseline: str, floors: dict | Non
              + " | Δ nats/token vs baseline [95% CI] | distinguishable? | below the floor by (nats/token) |",
              "|---|---:|" + "---:|" * len(METRICS) + "---:|---|---:|"]
     more_seeds = []
-    for arm, members in groups.items():
+    for arm in [baseline, *(name for name in groups if name != baseline)]:  # the baseline first
+        members = groups[arm]
         losses = _spread(members, "test_loss")
         cells = [_spread_cell(_spread(members, metric), spec) for metric, (_, spec) in METRICS.items()]
         margins = Spread([job.floor["test_loss"] - job.summary["test_loss"] for job in members
@@ -99,18 +101,18 @@ def arms_section(groups: dict[str, list[Job]], baseline: str, floors: dict | Non
     lines.append("")
     if floors and base.n:
         margin = floors[floors["floor"]]["test_loss"] - base.mean
-        spread = (f"{margin / base.sd:.0f} x its seed spread (SD {base.sd:.4f} over {base.n} seeds)" if base.sd
-                  else "no seed spread to compare with (1 seed)")
+        spread = (f"{margin / base.sd:.0f} x its seed spread, SD {base.sd:.4f} over {base.n} seeds" if base.sd
+                  else "1 seed, no spread to compare the margin with")
         name = plots.FLOOR_NAMES[floors["floor"]]
         verdict = (f"beats the floor ({name}) on test by {margin:.3f} nats/token" if margin > 0 else
                    f"does not beat the floor ({name}): it is {-margin:.3f} nats/token above it on test")
-        lines += [f"The baseline {verdict}: {spread}.", ""]
+        lines += [f"The baseline {verdict} ({spread}).", ""]
     elif not floors:
         lines += ["No floor row: the done jobs carry no `floors` in summary.json, or differ in tokenizer or data.", ""]
     if more_seeds or base.n < 3:
-        lines += ["Fewer than 3 seeds where the difference is within twice the larger spread (or the "
-                  "baseline itself): " + ", ".join(f"`{a}`" for a in ([baseline] if base.n < 3 else []) + more_seeds)
-                  + ".", ""]
+        lines += ["Short of 3 seeds, which the baseline needs, and every arm within twice the larger spread of "
+                  "it or without a spread to judge by: "
+                  + ", ".join(f"`{a}`" for a in ([baseline] if base.n < 3 else []) + more_seeds) + ".", ""]
     return lines
 
 
@@ -123,7 +125,8 @@ def scaling_section(jobs: list[Job], keys: list[str], out: Path, floors: dict | 
               if job.done and job.summary.get("n_params_non_embedding") and job.summary.get("test_loss") is not None]
     tokens = [job.tokens for job in jobs if job.done and job.tokens]
     if tokens and max(tokens) > 1.01 * min(tokens):
-        return lines + [f"No fit: the jobs saw {min(tokens):,} to {max(tokens):,} training tokens, not one budget.", ""], None
+        return lines + [f"No fit: the jobs saw {min(tokens):,} to {max(tokens):,} training tokens, not one budget.",
+                        ""], None
     fit = fit_scaling(*zip(*points)) if points else "no job is done"
     if isinstance(fit, str):
         return lines + [f"No fit: {fit}.", ""], None
