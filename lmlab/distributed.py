@@ -65,14 +65,12 @@ def setup(device: torch.device) -> Ranks:
 
 
 def data_parallel(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.nn.Module:
-    """The module a training step runs: DistributedDataParallel over the ranks, or the model itself.
-    The model's only buffer is a constant mask, so DDP need not broadcast buffers every step."""
+    """The module a training step runs: DistributedDataParallel over the ranks, or the model itself."""
     if ranks.world == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
 def no_sync(module: torch.nn.Module):

@@ -58,6 +58,9 @@ def test_two_optuna_sweepers_on_one_storage_share_one_study(tmp_path):
               "train.max_tokens=512", "hydra/launcher=parallel", "hydra.sweeper.n_jobs=2",
               "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}"]
     env = {**os.environ, **TEST_ENV}
+    # The storage's tables are made once, before the sweepers start: two that make them at the same
+    # moment collide in sqlite (as `optuna create-study` does it on the command line).
+    optuna.create_study(study_name="lmlab", storage=storage, direction="minimize")
     # Two sweepers at once, with their own seeds so they do not propose the same trials.
     procs = [subprocess.Popen([*common, f"hydra.sweeper.sampler.seed={i}", f"hydra.sweep.dir={tmp_path / str(i)}"],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
