@@ -110,7 +110,7 @@ def device_peak(device: torch.device, tcfg) -> tuple[str, float | None]:
         precision = "tf32"
     peak = peak_flops(name, precision, tcfg.peak_tflops)
     if peak is None:
-        log.warning("MFU unknown: no %s peak known for %s; set train.peak_tflops to report it", precision, name)
+        log.info("MFU unknown: no %s peak known for %s; set train.peak_tflops to report it", precision, name)
     return name, peak
 
 
@@ -229,6 +229,10 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
         tracker.log({"step": state.step, "tokens": state.tokens, "train_loss": train_loss,
                      "val_loss": val.loss, "val_ppl": val.ppl, "lr": lr, "tokens_per_s": tokens_per_s,
                      "mfu": mfu(flops_tok, tokens_per_s, peak)})
+        if ranks.main:
+            log.info("step %d, %s tokens: train loss %s, val loss %.4f (ppl %.2f), %s tokens/s", state.step,
+                     f"{state.tokens:,}", "-" if train_loss is None else f"{train_loss:.4f}", val.loss, val.ppl,
+                     "-" if tokens_per_s is None else f"{tokens_per_s:,.0f}")
         improved = val.loss < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_val = val.loss, val.metrics("val")
@@ -258,8 +262,9 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
     try:
         # From the first evaluation on, a stop signal waits for a step boundary; the bar is closed
         # before any error is printed, so the error gets a line of its own.
+        # The bars show on a terminal only (as tqdm decides); logs get one line per evaluation.
         with StopSignals() as stop, tqdm(total=total, initial=state.step, desc="train", unit="step",
-                                         dynamic_ncols=True, disable=not ranks.main) as bar:
+                                         dynamic_ncols=True, disable=None if ranks.main else True) as bar:
             # Step 0 is scored too: the untrained baseline every curve starts from.
             val = eval_and_checkpoint(None, lr_at(0, cfg.schedule, total), None) if resume is None else None
             # Throughput leaves out this process's first steps (compilation, allocator warm-up make
