@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import hydra
@@ -26,14 +27,20 @@ log = logging.getLogger("lmlab")
 def run(cfg: DictConfig, run_dir: Path) -> float:
     import torch
 
+    from lmlab import distributed
     from lmlab.checkpoint import check_same_model, resume_checkpoint
     from lmlab.data import load_splits
     from lmlab.data.floors import load_floors
     from lmlab.generate import eval_sampler
     from lmlab.model import GPT
-    from lmlab.tracking import Tracker
+    from lmlab.step import resolve_device
+    from lmlab.tracking import NoRecords, Tracker
     from lmlab.train import Preempted, train
 
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    threads = distributed.place_job(cfg.train.threads, parallel_jobs(hydra_cfg), hydra_cfg.job.num if multirun else 0)
+    ranks = distributed.setup(resolve_device(cfg.train.device))
     resume = resume_checkpoint(cfg.train.resume, run_dir / "checkpoints")
     tokenizer, splits = load_splits(cfg.data, cfg.tokenizer)
     floors = load_floors(cfg.data, cfg.tokenizer, splits, tokenizer.vocab_size)
@@ -47,21 +54,20 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     config = to_container(cfg)
     derived = {"d_ff": ModelConfig.d_ff(cfg.model), "vocab_size": tokenizer.vocab_size,
                "n_params": model.n_params(), "n_params_non_embedding": model.n_params(non_embedding=True),
-               "tokens_per_step": cfg.train.batch_size * cfg.train.grad_accum * cfg.model.max_seq_len}
+               "tokens_per_step": cfg.train.batch_size * cfg.train.grad_accum * cfg.model.max_seq_len,
+               "processes": ranks.world, "threads": threads}
     log.info("model: %s parameters (%s non-embedding), d_ff=%d", f"{derived['n_params']:,}",
              f"{derived['n_params_non_embedding']:,}", derived["d_ff"])
-    hydra_cfg = HydraConfig.get()
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     group = f"{Path(hydra_cfg.sweep.dir).parent.name}/{Path(hydra_cfg.sweep.dir).name}" if multirun else run_dir.name
     choices = hydra_cfg.runtime.choices
     tags = [f"{g}={choices[g]}" for g in ("sweep", "variant", "model", "schedule", "data") if choices.get(g)]
-    tracker = Tracker(run_dir, cfg.logger, {**config, "derived": derived}, group=group,
-                      name=job_name(hydra_cfg) or run_dir.name, tags=tags,
-                      resume_id=resume["train_state"]["wandb_run_id"] if resume else None)
+    tracker = NoRecords() if not ranks.main else Tracker(
+        run_dir, cfg.logger, {**config, "derived": derived}, group=group, name=job_name(hydra_cfg) or run_dir.name,
+        tags=tags, resume_id=resume["train_state"]["wandb_run_id"] if resume else None)
     try:
         summary = train(cfg, model, tokenizer, splits, tracker, run_dir, config, resume=resume, launched=LAUNCHED,
-                        on_eval=eval_sampler(cfg, tokenizer, tracker, run_dir))
-        summary.update(floors=floors, bugs=bugs)
+                        on_eval=eval_sampler(cfg, tokenizer, tracker, run_dir) if ranks.main else None, ranks=ranks)
+        summary.update(processes=ranks.world, threads=threads, floors=floors, bugs=bugs)
         tracker.write_summary(summary)  # before close: it also fills the W&B run's summary
     except Exception as e:
         if finished_summary(run_dir) is None:  # a finished run's results outlive a failed relaunch
@@ -70,8 +76,18 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         raise
     finally:
         tracker.close()
+        distributed.teardown()
     log.info("done: best val ppl %.2f, test ppl %.2f, %s", summary["best_val_ppl"], summary["test_ppl"], run_dir)
     return objective(summary)
+
+
+def parallel_jobs(hydra_cfg) -> int:
+    """How many jobs of this sweep run at once on this machine: joblib's n_jobs (-1 = one per core)."""
+    launcher = hydra_cfg.launcher
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return 1
+    n_jobs = launcher.get("n_jobs") or 1
+    return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)
 
 
 def finished_summary(run_dir: Path) -> dict | None:
@@ -103,8 +119,10 @@ def hydra_main(cfg: DictConfig) -> float:
             return objective(done)
         return run(cfg, run_dir)
     except Exception as e:
+        from lmlab.distributed import this_process
+
         reason = f"{type(e).__name__}: {e}"
-        if not summary_path.exists():
+        if not summary_path.exists() and this_process().main:
             write_text(summary_path, json.dumps({"status": "failed", "reason": reason}))
         if multirun:
             from lmlab.train import Preempted

@@ -6,7 +6,9 @@ value is rejected by OmegaConf when Hydra composes; `validate` adds the cross-fi
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -86,6 +88,7 @@ class TrainConfig:
     attention: str = "auto"  # SDPA backend tried first: auto (cudnn on Hopper) | cudnn | flash | efficient | math
     peak_tflops: Optional[float] = None  # the device's dense peak for MFU; null = the table in lmlab/flops.py
     deterministic: bool = False  # bit-identical reruns on CUDA too: deterministic kernels, math attention (slower)
+    threads: Optional[int] = None  # torch's CPU threads; null = torch's default, or cores / n_jobs under hydra/launcher=parallel
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -187,6 +190,8 @@ def register_configs(bench: bool = False) -> None:
                         ("logger", LoggerConfig)]:
         cs.store(group=group, name=f"{SCHEMA_PREFIX}{group}", node=node)
     OmegaConf.register_new_resolver("lmlab.dirname", lambda: job_dirname(job_name()), replace=True)
+    # Cached, so Hydra carries the value into every job of a sweep (as it does `now`).
+    OmegaConf.register_new_resolver("lmlab.launch", launch_stamp, replace=True, use_cache=True)
 
 
 def swept_keys(hydra_cfg: DictConfig) -> set[str]:
@@ -220,6 +225,13 @@ def job_name(hydra_cfg: DictConfig | None = None) -> str:
     return style.item_sep.join(line.replace("=", style.kv_sep, 1) for line in lines)
 
 
+def launch_stamp(pattern: str) -> str:
+    """A run or sweep dir name that every process of one launch agrees on: torchrun's run id (the
+    same in all its workers, on every node), else the time now in `pattern`."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    return f"torchrun-{run_id}" if run_id else datetime.now().strftime(pattern)
+
+
 def job_dirname(name: str, limit: int = 200) -> str:
     """A sweep job's dir name: its `job_name`, cut to fit a file name (255 bytes) when long and
     ended with a hash of the whole, so it stays unique and a relaunched sweep finds the same dir."""
@@ -248,7 +260,7 @@ def validate(cfg: DictConfig) -> None:
                     "model.max_seq_len", "tokenizer.vocab_size", "schedule.peak_lr",
                     "train.max_steps", "train.max_tokens", "train.batch_size", "train.grad_accum",
                     "train.eval_every", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                    "eval.batch_size", "eval.max_batches", "eval.stride", "train.peak_tflops"])
+                    "eval.batch_size", "eval.max_batches", "eval.stride", "train.peak_tflops", "train.threads"])
     if cfg.model.d_model % cfg.model.n_heads:
         raise ConfigError("model.n_heads", f"d_model={cfg.model.d_model} is not divisible by "
                           f"n_heads={cfg.model.n_heads}")

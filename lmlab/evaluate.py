@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from lmlab.data import IGNORE, Split, collate
+from lmlab.distributed import Ranks, all_reduce_sum
 from lmlab.metrics import EvalResult
 from lmlab.step import batch_loss
 
@@ -16,11 +17,12 @@ from lmlab.step import batch_loss
 @torch.inference_mode()
 def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int, device,
              context: Callable[[], ContextManager] = nullcontext, segments: bool = False,
-             max_batches: int | None = None, train_mode: bool = False) -> EvalResult:
+             max_batches: int | None = None, ranks: Ranks = Ranks(), train_mode: bool = False) -> EvalResult:
     """Score `rows` of `split` in eval mode (dropout off), each forward under a fresh `context()`
-    (see step.compute_context); the caller's train/eval mode is restored. The NLL is summed on the
-    device and read once at the end. `train_mode=True` is the seed's bug (bugs.eval_in_train_mode):
-    dropout stays on."""
+    (see step.compute_context); the caller's train/eval mode is restored. With several ranks each
+    scores every world-th batch and the sums are added up, so the whole split is scored once.
+    The NLL is summed on the device and read once at the end. `train_mode=True` is the seed's bug
+    (bugs.eval_in_train_mode): dropout stays on."""
     device = torch.device(device)
     was_training = model.training
     model.train(train_mode)
@@ -28,19 +30,20 @@ def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int
         all_starts = range(0, len(rows), batch_size)
         starts = list(all_starts)[:max_batches]
         whole = len(starts) == len(all_starts)
-        scored_rows = rows[:len(starts) * batch_size]
-        nll, n_tokens = torch.zeros((), dtype=torch.float64, device=device), 0
-        # tqdm stays quiet when stderr is not a terminal (logs, sweeps, tests).
-        with tqdm(total=int((scored_rows[:, 1] - scored_rows[:, 2]).sum()), desc=f"eval {split.name}",
-                  unit="tok", unit_scale=True, leave=False, disable=None) as bar:
-            for i in starts:
+        mine = starts[ranks.rank::ranks.world]
+        sums = torch.zeros(2, dtype=torch.float64, device=device)  # NLL, scored targets
+        # tqdm stays quiet when stderr is not a terminal (logs, sweeps, tests), and off other ranks.
+        with tqdm(total=sum(int((rows[i:i + batch_size, 1] - rows[i:i + batch_size, 2]).sum()) for i in mine),
+                  desc=f"eval {split.name}", unit="tok", unit_scale=True, leave=False,
+                  disable=None if ranks.main else True) as bar:
+            for i in mine:
                 batch = collate(split.tokens, rows[i:i + batch_size], eos_id, segments)
                 with context():
-                    nll += batch_loss(model, batch, device, reduction="sum")
+                    sums[0] += batch_loss(model, batch, device, reduction="sum")
                 scored = int((batch["y"] != IGNORE).sum())
-                n_tokens += scored
+                sums[1] += scored
                 bar.update(scored)
-        nll = nll.item()
+        nll, n_tokens = all_reduce_sum(sums).tolist()
     finally:
         model.train(was_training)
-    return EvalResult(nll, n_tokens, split.n_words if whole else None, split.n_bytes if whole else None)
+    return EvalResult(nll, int(n_tokens), split.n_words if whole else None, split.n_bytes if whole else None)

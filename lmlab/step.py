@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from lmlab.config import ConfigError
 from lmlab.data import IGNORE, Sampler, collate, with_seed_bugs
+from lmlab.distributed import Ranks, data_parallel, no_sync
 from lmlab.model import GPT
 
 
@@ -115,16 +116,23 @@ def to_device(batch: dict, device) -> dict:
             if not (key == "pad_mask" and bool(t.all()))}
 
 
-def device_batches(tokens, sampler: Sampler, count: int, eos_id: int, segments: bool,
-                   device: torch.device, bugs=None) -> tuple[list[dict], int]:
-    """The next `count` micro-batches of `sampler` on the device, with the seed's bugs that `bugs`
-    turns on (see `with_seed_bugs`), and how many real targets they hold (padding and unscored
-    positions not counted, so every arm stops at the same data), counted on the host: no device sync."""
+def device_batches(tokens, sampler: Sampler, count: int, eos_id: int, segments: bool, device: torch.device,
+                   ranks: Ranks = Ranks(), bugs=None) -> tuple[list[tuple[dict, int]], int]:
+    """The next `count` micro-batches: for each, this rank's share of the sampler's global rows on
+    the device, with the seed's bugs that `bugs` turns on (see `with_seed_bugs`), and the number of
+    real targets the whole global micro-batch scores (the loss's denominator); and the step's total
+    of those, counted on the host from the rows alone, so every arm stops at the same data.
+
+    Every rank draws the same global rows (same seed, same position) and keeps its contiguous
+    part, so the data and the sampler's position do not depend on the number of processes."""
     batches, n_targets = [], 0
     for _ in range(count):
-        batch = collate(tokens, sampler.next_rows(), eos_id, segments)
-        n_targets += int((batch["y"] != IGNORE).sum())
-        batches.append(to_device(with_seed_bugs(batch, bugs, eos_id), device))
+        rows = sampler.next_rows()
+        scored = int((rows[:, 1] - rows[:, 2]).sum())  # end - score_from: what collate leaves unmasked
+        share = len(rows) // ranks.world
+        batch = collate(tokens, rows[ranks.rank * share:(ranks.rank + 1) * share], eos_id, segments)
+        batches.append((to_device(with_seed_bugs(batch, bugs, eos_id), device), scored))
+        n_targets += scored
     return batches, n_targets
 
 
@@ -142,11 +150,15 @@ def batch_loss(model, batch: dict, device, reduction: str = "mean") -> torch.Ten
 
 
 class TrainStep:
-    """One optimizer step: forward and backward over the micro-batches (each loss scaled by their
-    number, so the gradient is the mean over all of them), clip, AdamW, zero the gradients."""
+    """One optimizer step: forward and backward over the micro-batches, clip, AdamW, zero the
+    gradients. Each micro-batch's loss is its summed cross-entropy over the global micro-batch's
+    target count and the number of micro-batches, so the gradient is the mean over all of them,
+    whatever the number of processes; under DDP only the last micro-batch all-reduces."""
 
-    def __init__(self, model: GPT, optimizer: torch.optim.Optimizer, device: torch.device, tcfg):
-        self.model, self.optimizer, self.device, self.tcfg = model, optimizer, device, tcfg
+    def __init__(self, model: GPT, optimizer: torch.optim.Optimizer, device: torch.device, tcfg,
+                 ranks: Ranks = Ranks()):
+        self.model, self.optimizer, self.device, self.tcfg, self.ranks = model, optimizer, device, tcfg, ranks
+        self.module = data_parallel(model, ranks, device)
         self.compiled = use_compile(tcfg.compile, device)
         self.loss_fn = torch.compile(forward_loss, mode=tcfg.compile_mode) if self.compiled else forward_loss
         if tcfg.deterministic:
@@ -154,17 +166,20 @@ class TrainStep:
         if device.type == "cpu":
             keep_freed_host_memory()
 
-    def __call__(self, micro_batches: list[dict], lr: float) -> torch.Tensor:
-        """Train on `micro_batches` (device batches, see `to_device`) at learning rate `lr`; returns
-        their mean loss as a device tensor, without waiting for it."""
+    def __call__(self, micro_batches: list[tuple[dict, int]], lr: float) -> torch.Tensor:
+        """Train on `micro_batches` (see `device_batches`) at learning rate `lr`; returns this
+        rank's share of their mean loss (the sum over ranks is the loss) as a device tensor,
+        without waiting for it."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=self.device)
-        for batch in micro_batches:
-            with compute_context(self.device, self.tcfg):
-                loss = self.loss_fn(self.model, **batch) / len(micro_batches)
-            loss.backward()
-            total += loss.detach()
+        for i, (batch, n_targets) in enumerate(micro_batches):
+            with nullcontext() if i == len(micro_batches) - 1 else no_sync(self.module):
+                with compute_context(self.device, self.tcfg):
+                    share = self.loss_fn(self.module, **batch, reduction="sum") / (n_targets * len(micro_batches))
+                # DDP averages gradients over the ranks; the shares are to be summed.
+                (share * self.ranks.world).backward()
+            total += share.detach()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -80,3 +80,21 @@ class Tracker:
         if self.run is not None:
             self.run.finish(exit_code=0 if self.done else 1)
             self.run = None
+
+
+class NoRecords:
+    """The records of a process that writes none: a data-parallel rank other than the main one."""
+
+    run_id = None
+
+    def log(self, record: dict) -> None:
+        pass
+
+    def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
+        pass
+
+    def write_summary(self, summary: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

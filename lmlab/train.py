@@ -20,6 +20,7 @@ from lmlab.atomic import write_text
 from lmlab.checkpoint import CheckpointWriter, checkpoint_payload, load_checkpoint
 from lmlab.config import ConfigError
 from lmlab.data import Sampler, Split, document_rows, packed_rows, strided_rows
+from lmlab.distributed import Ranks, all_reduce_sum, any_rank, barrier, rank_device
 from lmlab.evaluate import EvalResult, evaluate
 from lmlab.flops import flops_per_token, mfu, peak_flops
 from lmlab.model import GPT
@@ -38,20 +39,25 @@ class Preempted(Exception):
 
 
 class StopSignals:
-    """SIGTERM, SIGINT and SIGUSR1 (what SLURM sends before a kill) only set `received`, so the
-    loop can checkpoint at the next step boundary; a second signal then acts as it normally would."""
+    """SIGTERM, SIGINT, SIGUSR1 (what `#SBATCH --signal=USR1@120` sends before a kill) and SIGUSR2
+    (what submitit asks SLURM for) only set `received`, so the loop can checkpoint at the next step
+    boundary; a second signal then acts as it normally would. When the stop leaves as Preempted and
+    the signal had a Python handler before (submitit's, which requeues the job), the signal is
+    handed on to it once the checkpoint is on disk."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
     def __enter__(self):
         self.received: str | None = None
         # Handlers can only be installed from the main thread; elsewhere signals keep their meaning.
         main = threading.current_thread() is threading.main_thread()
         self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS} if main else {}
+        self._handed_on = None
         return self
 
     def _handle(self, signum, frame) -> None:
         self.received = signal.Signals(signum).name
+        self._handed_on = self._previous.get(signum)
         self._restore()
 
     def _restore(self) -> None:
@@ -59,8 +65,11 @@ class StopSignals:
             signal.signal(sig, handler)
         self._previous = {}
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self._restore()
+        # Python's own SIGINT handler would only turn the stop into a KeyboardInterrupt.
+        if exc_type is Preempted and callable(self._handed_on) and self._handed_on is not signal.default_int_handler:
+            signal.raise_signal(signal.Signals[self.received])
 
 
 @dataclass
@@ -101,7 +110,7 @@ def device_peak(device: torch.device, tcfg) -> tuple[str, float | None]:
         precision = "tf32"
     peak = peak_flops(name, precision, tcfg.peak_tflops)
     if peak is None:
-        log.warning("MFU unknown: no %s peak known for %s; set train.peak_tflops to report it", precision, name)
+        log.info("MFU unknown: no %s peak known for %s; set train.peak_tflops to report it", precision, name)
     return name, peak
 
 
@@ -150,19 +159,23 @@ def rewind_records(run_dir: Path, step: int) -> None:
         write_text(path, "".join(kept))
 
 
-def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir: Path,
-          config: dict, resume: dict | None = None, on_eval=None, launched: float | None = None) -> dict:
+def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir: Path, config: dict,
+          resume: dict | None = None, on_eval=None, launched: float | None = None, ranks: Ranks = Ranks()) -> dict:
     """Train until train.max_steps or train.max_tokens, evaluating every train.eval_every steps and
     checkpointing every train.checkpoint_every; then score validation and test with the best checkpoint.
 
     `resume` is a loaded checkpoint to continue from exactly; `on_eval(model, state)` runs after
     each evaluation (used to write samples); `launched` is the process's start (time.time()), from
-    which the summary's startup_s counts to the end of the first step. A stop signal checkpoints
-    and raises Preempted; a non-finite loss raises TrainingDiverged, leaving the last good
-    checkpoint. Returns the summary.
+    which the summary's startup_s counts to the end of the first step. With several `ranks`
+    (torchrun), each trains on its part of every global batch under DDP and only the main one
+    writes. A stop signal checkpoints and raises Preempted; a non-finite loss raises
+    TrainingDiverged, leaving the last good checkpoint. Returns the summary.
     """
     tcfg, eos = cfg.train, tokenizer.eos_id
-    device = resolve_device(tcfg.device)
+    if tcfg.batch_size % ranks.world:
+        raise ConfigError("train.batch_size", f"a global batch of {tcfg.batch_size} rows does not split evenly over "
+                          f"{ranks.world} processes; make it a multiple of {ranks.world}")
+    device = rank_device(resolve_device(tcfg.device), ranks)
     model.to(device)
     opt = make_optimizer(model, tcfg, fused=device.type == "cuda")
     ckpt_dir = run_dir / "checkpoints"
@@ -176,7 +189,8 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
             state.best_val_loss, state.best_val = math.inf, {}
     else:
         torch.manual_seed(tcfg.seed)
-    rewind_records(run_dir, state.step if resume is not None else -1)
+    if ranks.main:
+        rewind_records(run_dir, state.step if resume is not None else -1)
     state.wandb_run_id = tracker.run_id
 
     rows = {"train": train_rows(cfg, splits["train"], eos), "validation": eval_rows(cfg, splits["validation"]),
@@ -186,7 +200,7 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
     except ValueError as e:  # more rows asked for than the data has: the user's config to fix
         raise ConfigError("train.batch_size", str(e)) from None
     total = planned_steps(tcfg, tcfg.batch_size * tcfg.grad_accum * cfg.model.max_seq_len)
-    step = TrainStep(model, opt, device, tcfg)
+    step = TrainStep(model, opt, device, tcfg, ranks)
     segments = cfg.model.doc_mask
     checkpoint_every = tcfg.checkpoint_every or tcfg.eval_every
     saved_step = state.step if resume is not None else None
@@ -197,14 +211,15 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
 
     def run_eval(split: str) -> EvalResult:
         return evaluate(model, splits[split], rows[split], eos, cfg.eval.batch_size, device,
-                        partial(compute_context, device, tcfg), segments, cfg.eval.max_batches,
+                        partial(compute_context, device, tcfg), segments, cfg.eval.max_batches, ranks,
                         train_mode=cfg.bugs.eval_in_train_mode)
 
     def checkpoint(best: bool = False) -> None:
         nonlocal saved_step
         state.epoch, state.cursor = sampler.epoch, sampler.cursor
         state.rng = capture_rng()
-        writer.save(state.step, lambda: checkpoint_payload(model, tokenizer.ref, asdict(state), config, opt), best)
+        if ranks.main:
+            writer.save(state.step, lambda: checkpoint_payload(model, tokenizer.ref, asdict(state), config, opt), best)
         saved_step = state.step
 
     def done() -> bool:
@@ -215,6 +230,10 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
         tracker.log({"step": state.step, "tokens": state.tokens, "train_loss": train_loss,
                      "val_loss": val.loss, "val_ppl": val.ppl, "lr": lr, "tokens_per_s": tokens_per_s,
                      "mfu": mfu(flops_tok, tokens_per_s, peak)})
+        if ranks.main:
+            log.info("step %d, %s tokens: train loss %s, val loss %.4f (ppl %.2f), %s tokens/s", state.step,
+                     f"{state.tokens:,}", "-" if train_loss is None else f"{train_loss:.4f}", val.loss, val.ppl,
+                     "-" if tokens_per_s is None else f"{tokens_per_s:,.0f}")
         improved = val.loss < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_val = val.loss, val.metrics("val")
@@ -224,12 +243,13 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
         return val
 
     # Losses stay on the device until a log step, an evaluation or a checkpoint reads them all at
-    # once: the only waits for the device between evaluations. A non-finite one stops the run
-    # there, before anything is saved from the weights it produced.
+    # once (summing the ranks' shares): the only waits for the device between evaluations, and the
+    # points where all ranks agree to stop. A non-finite loss stops the run there on every rank,
+    # before anything is saved from the weights it produced.
     pending: list[torch.Tensor] = []
 
     def read_losses() -> float:
-        values = torch.stack(pending).tolist()
+        values = all_reduce_sum(torch.stack(pending)).tolist()
         first_step = state.step - len(values) + 1
         pending.clear()
         for i, value in enumerate(values):
@@ -243,8 +263,9 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
     try:
         # From the first evaluation on, a stop signal waits for a step boundary; the bar is closed
         # before any error is printed, so the error gets a line of its own.
+        # The bars show on a terminal only (as tqdm decides); logs get one line per evaluation.
         with StopSignals() as stop, tqdm(total=total, initial=state.step, desc="train", unit="step",
-                                         dynamic_ncols=True) as bar:
+                                         dynamic_ncols=True, disable=None if ranks.main else True) as bar:
             # Step 0 is scored too: the untrained baseline every curve starts from.
             val = eval_and_checkpoint(None, lr_at(0, cfg.schedule, total), None) if resume is None else None
             # Throughput leaves out this process's first steps (compilation, allocator warm-up make
@@ -256,7 +277,7 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
             while not done():
                 lr = lr_at(state.step, cfg.schedule, total)
                 micro, n_tokens = device_batches(splits["train"].tokens, sampler, tcfg.grad_accum, eos,
-                                                 segments, device, cfg.bugs)
+                                                 segments, device, ranks, cfg.bugs)
                 pending.append(step(micro, lr))
                 if first_step_at is None:
                     first_step_at = time.time()
@@ -265,26 +286,29 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
                 window_tokens += n_tokens
                 bar.update(1)
                 evaluating = state.step % tcfg.eval_every == 0 or done()
-                saving = evaluating or state.step % checkpoint_every == 0 or stop.received
-                if not (saving or state.step % tcfg.log_every == 0):
+                saving = evaluating or state.step % checkpoint_every == 0
+                # One process stops at once; several only where they all read the loss, together.
+                if not (saving or state.step % tcfg.log_every == 0 or (stop.received and ranks.world == 1)):
                     continue
                 loss = read_losses()
+                stopping = any_rank(stop.received is not None, device)
                 if window_first > skip:
                     timed_tokens, timed_s = timed_tokens + window_tokens, timed_s + time.perf_counter() - window_start
                 tokens_per_s = timed_tokens / timed_s if timed_s else None
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s or 0:,.0f}")
                 if evaluating:
                     val = eval_and_checkpoint(loss, lr, tokens_per_s)
-                elif saving and saved_step != state.step:
+                elif (saving or stopping) and saved_step != state.step:
                     checkpoint()
-                if stop.received:
+                if stopping:
                     writer.wait()
-                    raise Preempted(f"stopped by {stop.received} at step {state.step}; checkpoint saved to "
-                                    f"{ckpt_dir / 'last.pt'}. Run the same command again to resume")
+                    raise Preempted(f"stopped by {stop.received or 'a signal to another rank'} at step {state.step}; "
+                                    f"checkpoint saved to {ckpt_dir / 'last.pt'}. Run the same command again to resume")
                 window_start, window_tokens, window_first = time.perf_counter(), 0, state.step + 1
         writer.wait()
     finally:
         writer.close()
+    barrier()  # every rank reads best.pt below: the main one has finished writing it
     if val is None:  # resumed after the last step: score the final weights that were not scored here
         val = run_eval("validation")
 

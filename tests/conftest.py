@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,24 @@ def tiny_run(tmp_path_factory, cache_dir) -> Path:
                        timeout=300, env={**os.environ, **TEST_ENV, "LMLAB_CACHE_DIR": str(cache_dir)})
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir
+
+
+def newest_step(ckpt_dir: Path) -> int:
+    return max((int(p.stem.split("-")[1]) for p in ckpt_dir.glob("step-*.pt")), default=-1)
+
+
+def kill_when(args: list[str], ready, log: Path, delay: float = 0.0,
+              command: tuple[str, ...] = (sys.executable, "-m", "lmlab")) -> None:
+    """Start `command ARGS` (offline, TEST_ENV); SIGKILL it and every process it started (torchrun's
+    workers too) `delay` seconds after `ready()` first holds."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([*command, *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **TEST_ENV}, start_new_session=True)
+        try:
+            while not ready():
+                assert proc.poll() is None, f"ended before it was killed:\n{log.read_text()[-3000:]}"
+                time.sleep(0.005)
+            time.sleep(delay)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -73,10 +73,11 @@ def test_device_batches_put_the_bugs_in_and_count_the_same_real_targets():
     rows = document_rows(tokens, EOS, 16)
     plain, plain_n = device_batches(tokens, Sampler(rows, 4, seed=0), 2, EOS, False, torch.device("cpu"))
     bugged, bugged_n = device_batches(tokens, Sampler(rows, 4, seed=0), 2, EOS, False, torch.device("cpu"),
-                                      BugsConfig(drop_eos_targets=True, no_pad_mask=True))
-    assert bugged_n == plain_n  # every arm stops at the same amount of real data
-    assert all("pad_mask" not in b for b in bugged)
-    assert any((b["y"] != p["y"]).any() for b, p in zip(bugged, plain))
+                                      bugs=BugsConfig(drop_eos_targets=True, no_pad_mask=True))
+    # Every arm stops at the same amount of real data, and its loss is over the same real count.
+    assert bugged_n == plain_n and [n for _, n in bugged] == [n for _, n in plain]
+    assert all("pad_mask" not in b for b, _ in bugged)
+    assert any((b["y"] != p["y"]).any() for (b, _), (p, _) in zip(bugged, plain))
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])

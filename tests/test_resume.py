@@ -1,15 +1,12 @@
 """Exact resume: a run killed with SIGKILL and restarted ends bit-identical to one never stopped;
 a killed sweep relaunched into its sweep dir finishes every job, none of them trained twice."""
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
 
 from lmlab.checkpoint import load_checkpoint, step_checkpoint
-from tests.conftest import MINI, REPO, needs_mini, run_cli
+from tests.conftest import MINI, REPO, kill_when, needs_mini, newest_step, run_cli
 
 pytestmark = needs_mini
 
@@ -21,25 +18,6 @@ RUN = [f"data.local_dir={MINI}", "model.d_model=32", "model.n_heads=2", "model.n
        "logger=none", "schedule.warmup_steps=4", "train.max_steps=16", "train.eval_every=5",
        "train.checkpoint_every=2", "train.keep_checkpoints=3"]
 # One thread in every process, so each sum is reduced in the same order run after run.
-
-
-def newest_step(ckpt_dir: Path) -> int:
-    return max((int(p.stem.split("-")[1]) for p in ckpt_dir.glob("step-*.pt")), default=-1)
-
-
-def kill_when(args: list[str], ready, log: Path, delay: float = 0.0) -> None:
-    """Start `python -m lmlab ARGS`; SIGKILL it `delay` seconds after `ready()` first holds."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "lmlab", *args], cwd=REPO, stdout=out,
-                                stderr=subprocess.STDOUT)
-        try:
-            while not ready():
-                assert proc.poll() is None, f"ended before it was killed:\n{log.read_text()[-3000:]}"
-                time.sleep(0.005)
-            time.sleep(delay)
-        finally:
-            proc.kill()
-            proc.wait()
 
 
 def metrics(run_dir: Path) -> list[dict]:

@@ -64,7 +64,8 @@ def sgd_step_weights(micro_rows: list[np.ndarray], tokens) -> dict:
     itself: any error in scaling the micro-batches' losses shows in the weights."""
     model = gpt()
     step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=1.0), torch.device("cpu"), tcfg(grad_clip=1e9))
-    step([to_device(collate(tokens, rows, 0), "cpu") for rows in micro_rows], lr=1.0)
+    step([(to_device(collate(tokens, rows, 0), "cpu"), int((rows[:, 1] - rows[:, 2]).sum())) for rows in micro_rows],
+         lr=1.0)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -112,7 +113,8 @@ def test_device_batches_are_the_collated_rows_and_count_only_real_targets():
         batches, n_targets = device_batches(tokens, sampler, 2, eos, True, torch.device("cpu"))
         expected = [collate(tokens, reference.next_rows(), eos, segments=True) for _ in range(2)]
         assert n_targets == sum(int((b["y"] != -100).sum()) for b in expected)
-        for got, want in zip(batches, expected):
+        for (got, scored), want in zip(batches, expected):
+            assert scored == int((want["y"] != -100).sum())  # the micro-batch's own denominator
             assert set(got) == set(want) - ({"pad_mask"} if want["pad_mask"].all() else set())
             for key in got:
                 assert torch.equal(got[key], want[key]), key
