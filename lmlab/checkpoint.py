@@ -99,9 +99,7 @@ class CheckpointWriter:
 
     def wait(self) -> None:
         """Block until the last save is on disk; raise what went wrong with it, if anything."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self.close()
         if self._error is not None:
             error, self._error = self._error, None
             raise error

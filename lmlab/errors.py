@@ -78,8 +78,7 @@ def exit_for(e: BaseException, prog: str = "lmlab") -> None:
         if not isinstance(e, user_errors()):
             return
     if not _FULL_ERROR:
-        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        exit_bad_input(e, prog)
 
 
 def exit_bad_input(e: BaseException, prog: str) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lmlab.data import IGNORE, Split, collate
+from lmlab.data import Split, collate, scored_targets
 from lmlab.distributed import Ranks, all_reduce_sum
 from lmlab.metrics import EvalResult
 from lmlab.step import batch_loss
@@ -33,14 +33,14 @@ def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int
         mine = starts[ranks.rank::ranks.world]
         sums = torch.zeros(2, dtype=torch.float64, device=device)  # NLL, scored targets
         # tqdm stays quiet when stderr is not a terminal (logs, sweeps, tests), and off other ranks.
-        with tqdm(total=sum(int((rows[i:i + batch_size, 1] - rows[i:i + batch_size, 2]).sum()) for i in mine),
+        with tqdm(total=sum(scored_targets(rows[i:i + batch_size]) for i in mine),
                   desc=f"eval {split.name}", unit="tok", unit_scale=True, leave=False,
                   disable=None if ranks.main else True) as bar:
             for i in mine:
                 batch = collate(split.tokens, rows[i:i + batch_size], eos_id, segments)
                 with context():
                     sums[0] += batch_loss(model, batch, device, reduction="sum")
-                scored = int((batch["y"] != IGNORE).sum())
+                scored = scored_targets(rows[i:i + batch_size])
                 sums[1] += scored
                 bar.update(scored)
         nll, n_tokens = all_reduce_sum(sums).tolist()

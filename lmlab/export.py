@@ -133,13 +133,17 @@ def check_logits(model, hf_model) -> float:
 
 def export(checkpoint: str | Path, out: str | Path) -> Path:
     """Write `out` (config.json, generation_config.json, model.safetensors, tokenizer files)."""
+    return export_loaded(*load_model(checkpoint), out, checkpoint)
+
+
+def export_loaded(model, tokenizer: Tokenizer, ckpt: dict, out: str | Path, checkpoint: str | Path) -> Path:
+    """`export` of a checkpoint already loaded by `load_model`."""
     try:
         from transformers import GPT2LMHeadModel
     except ImportError:
         raise ExportError("exporting needs transformers and safetensors: pip install -c constraints-cpu.txt "
                           "-e '.[hf]'") from None
 
-    model, tokenizer, ckpt = load_model(checkpoint)
     reason = refusal(ckpt)
     if reason:
         raise ExportError(f"cannot export {checkpoint}: {reason}")

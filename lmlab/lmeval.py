@@ -17,7 +17,6 @@ C-D is the text (detokenized) and the word count. Needs the `lmeval` extra (`pip
 from __future__ import annotations
 
 import math
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,11 +67,6 @@ def scored_documents(data_cfg, limit: int | None = None) -> list[dict]:
     return [{"page": d, "n_words": document_words(data_cfg, d), "n_bytes": len(d.encode())} for d in docs]
 
 
-def harness_words(page: str) -> int:
-    """lm-evaluation-harness's word count for wikitext (its preprocess_wikitext.process_results)."""
-    return len(re.split(r"\s+", page))
-
-
 def harness_rows(stream: np.ndarray, eos_id: int, seq_len: int) -> np.ndarray:
     """lm-evaluation-harness's rolling windows (its own `get_rolling_token_windows`) as lmlab rows
     (start, end, score_from) into `stream`, whose documents each follow an EOS: a document's first
@@ -109,7 +103,7 @@ def lmlab_scores(model, tokens: np.ndarray, eos_id: int, batch_size: int, docs: 
 
 
 def harness_scores(export_dir: Path, checkpoint: str, batch_size: int, limit: int | None, docs: list[dict],
-                   tasks: tuple[str, ...] = TASKS) -> dict[str, Scores]:
+                   tasks: tuple[str, ...]) -> dict[str, Scores]:
     """C and D of the module's table: `lm_eval` with the `hf` model on the shipped tasks."""
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -119,11 +113,12 @@ def harness_scores(export_dir: Path, checkpoint: str, batch_size: int, limit: in
         model="hf", model_args={"pretrained": str(export_dir), "dtype": "float32"}, tasks=list(tasks),
         task_manager=manager, batch_size=batch_size, device="cpu", log_samples=False, bootstrap_iters=0)
     n_bytes = sum(d["n_bytes"] for d in docs)  # both tasks divide by the original text's bytes
-    words = {"lmlab_text": sum(d["n_words"] for d in docs), "lmlab_wikitext": sum(harness_words(d["page"]) for d in docs)}
     out = {}
     for label, task in zip("CD", tasks):
-        bpb = results["results"][task]["bits_per_byte,none"]
-        out[label] = Scores(bpb * math.log(2) * n_bytes, words[task], n_bytes)
+        metrics = results["results"][task]
+        nll = metrics["bits_per_byte,none"] * math.log(2) * n_bytes
+        # The words the task counted, as its word perplexity implies: the harness's count, not ours.
+        out[label] = Scores(nll, round(nll / math.log(metrics["word_perplexity,none"])), n_bytes)
     return out
 
 
@@ -147,7 +142,7 @@ def compare(cfg: LmEvalConfig) -> dict[str, Scores]:
     from lmlab.checkpoint import load_model
     from lmlab.data import load_splits
     from lmlab.data.sources import corpus_kind
-    from lmlab.export import export
+    from lmlab.export import export_loaded
 
     try:
         import lm_eval  # noqa: F401
@@ -155,8 +150,8 @@ def compare(cfg: LmEvalConfig) -> dict[str, Scores]:
         raise ValueError("lm-evaluation-harness is not installed: pip install -c constraints-cpu.txt -e '.[lmeval]'") from None
     checkpoint = Path(cfg.checkpoint)
     out = Path(cfg.out) if cfg.out else checkpoint.resolve().parent.parent / "hf"
-    export(checkpoint, out)
     model, tokenizer, ckpt = load_model(checkpoint)
+    export_loaded(model, tokenizer, ckpt, out, checkpoint)
     run_cfg = OmegaConf.create(ckpt["config"])
     docs = scored_documents(run_cfg.data, cfg.limit)
     tasks = TASKS if corpus_kind(run_cfg.data) == "wikitext" else TASKS[:1]  # D detokenizes WikiText only

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.config import ConfigError
-from lmlab.data import IGNORE, Sampler, collate, with_seed_bugs
+from lmlab.data import IGNORE, Sampler, collate, scored_targets, with_seed_bugs
 from lmlab.distributed import Ranks, data_parallel, no_sync
 from lmlab.model import GPT
 
@@ -128,7 +128,7 @@ def device_batches(tokens, sampler: Sampler, count: int, eos_id: int, segments: 
     batches, n_targets = [], 0
     for _ in range(count):
         rows = sampler.next_rows()
-        scored = int((rows[:, 1] - rows[:, 2]).sum())  # end - score_from: what collate leaves unmasked
+        scored = scored_targets(rows)
         share = len(rows) // ranks.world
         batch = collate(tokens, rows[ranks.rank * share:(ranks.rank + 1) * share], eos_id, segments)
         batches.append((to_device(with_seed_bugs(batch, bugs, eos_id), device), scored))

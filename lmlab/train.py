@@ -21,8 +21,9 @@ from lmlab.checkpoint import CheckpointWriter, checkpoint_payload, load_checkpoi
 from lmlab.config import ConfigError
 from lmlab.data import Sampler, Split, document_rows, packed_rows, strided_rows
 from lmlab.distributed import Ranks, all_reduce_sum, any_rank, barrier, rank_device
-from lmlab.evaluate import EvalResult, evaluate
+from lmlab.evaluate import evaluate
 from lmlab.flops import flops_per_token, mfu, peak_flops
+from lmlab.metrics import EvalResult
 from lmlab.model import GPT
 from lmlab.step import (TrainStep, compute_context, device_batches, make_optimizer, resolve_device,
                         resolve_precision)

@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 from lmlab.checkpoint import load_model, save_checkpoint
 from lmlab.data import IGNORE, collate, load_splits, packed_rows
 from lmlab.data.sources import split_text
-from lmlab.export import LOGITS_ATOL, fast_tokenizer, gpt2_state_dict
+import lmlab.export
+from lmlab.export import LOGITS_ATOL, ExportError, export, fast_tokenizer, gpt2_state_dict
 from lmlab.generate import sample
 from lmlab.model import GPT, GPTConfig
 from tests.conftest import REPO, TEST_ENV
@@ -120,8 +121,8 @@ def test_a_document_masked_model_is_refused_in_one_line(exported, tiny_run, tmp_
 
 
 def test_padding_rows_of_the_embedding_are_not_exported():
-    model = GPT(GPTConfig(vocab_size=320, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_seq_len=8))
-    model.cfg.vocab_size = 300  # as with a vocabulary padded to a multiple: 20 rows past the real tokens
+    model = GPT(GPTConfig(vocab_size=300, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_seq_len=8))
+    assert model.wte.weight.shape == (320, 16)  # padded to a multiple of 64: 20 rows past the real tokens
     state = gpt2_state_dict(model)
     assert state["transformer.wte.weight"].shape == state["lm_head.weight"].shape == (300, 16)
     assert torch.equal(state["transformer.wte.weight"], model.wte.weight[:300])
@@ -147,3 +148,15 @@ def test_gpt2_tokenizer_converts_from_tiktoken(monkeypatch):
     assert theirs(text, add_special_tokens=False)["input_ids"] == ours.encode(text)
     assert theirs.eos_token_id == ours.eos_id == len(ranks)
     assert theirs.decode(ours.encode(text)) == text
+
+
+def test_a_conversion_that_changes_the_logits_writes_nothing(tiny_run, tmp_path, monkeypatch):
+    def transposed_attention(model):  # the mistake a rename can make: a Conv1D weight left untransposed
+        state = gpt2_state_dict(model)
+        key = "transformer.h.0.attn.c_proj.weight"
+        return {**state, key: state[key].t().contiguous()}
+
+    monkeypatch.setattr(lmlab.export, "gpt2_state_dict", transposed_attention)
+    with pytest.raises(ExportError, match="logits differ from lmlab's by up to .*; nothing was written"):
+        export(tiny_run / "checkpoints" / "best.pt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lmlab.data import Sampler, Split, collate, document_rows, packed_rows
+from lmlab.data import Sampler, Split, collate, document_rows, packed_rows, scored_targets
 from lmlab.evaluate import evaluate
 from lmlab.model import GPT, GPTConfig
 from lmlab.step import TrainStep, batch_loss, device_batches, make_optimizer, to_device
@@ -64,7 +64,7 @@ def sgd_step_weights(micro_rows: list[np.ndarray], tokens) -> dict:
     itself: any error in scaling the micro-batches' losses shows in the weights."""
     model = gpt()
     step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=1.0), torch.device("cpu"), tcfg(grad_clip=1e9))
-    step([(to_device(collate(tokens, rows, 0), "cpu"), int((rows[:, 1] - rows[:, 2]).sum())) for rows in micro_rows],
+    step([(to_device(collate(tokens, rows, 0), "cpu"), scored_targets(rows)) for rows in micro_rows],
          lr=1.0)
     return {k: v.clone() for k, v in model.state_dict().items()}
 

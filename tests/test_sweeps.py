@@ -48,10 +48,13 @@ def test_optuna_sweep_is_a_seeded_tpe_search_that_survives_failures():
     assert sweeper.params["schedule.peak_lr"].startswith("tag(log")
 
 
-# The seed's baseline and fixes at each scale: size (d_model, n_heads, n_layers), ratio, context, warmup steps.
-SCALES = {"seed": ({"size": (256, 4, 4), "ratio": 2, "context": 256, "warmup": 0},
+# The seed's baseline and fixes at each scale: size (d_model, n_heads, n_layers), ratio, context, warmup
+# steps; the baseline's schedule (peak LR, decay) and token budget.
+SCALES = {"seed": ({"size": (256, 4, 4), "ratio": 2, "context": 256, "warmup": 0,
+                    "schedule": (3e-4, "constant"), "budget": 40_960_000},
                    {"size": (512, 8, 6), "ratio": 4, "context": 512, "warmup": 2000}),
-          "cpu": ({"size": (128, 4, 4), "ratio": 2, "context": 128, "warmup": 0},
+          "cpu": ({"size": (128, 4, 4), "ratio": 2, "context": 128, "warmup": 0,
+                   "schedule": (1e-3, "constant"), "budget": 2_457_600},
                   {"size": (192, 6, 6), "ratio": 4, "context": 256, "warmup": 100})}
 
 
@@ -70,13 +73,12 @@ def test_rootcause_arms_change_one_factor_at_a_time_from_the_baseline(scale):
                 "schedule": (cfg.schedule.peak_lr, cfg.schedule.decay), "budget": cfg.train.max_tokens}
 
     baseline, fixes = SCALES[scale]
-    assert factors("baseline") == {**baseline, "packing": True, "bugs": set(), "budget": factors("baseline")["budget"],
-                                   "schedule": factors("baseline")["schedule"]}
-    assert factors("baseline")["schedule"][1] == "constant"  # the seed had no warmup and no decay
+    base = factors("baseline")
+    assert base == {**baseline, "packing": True, "bugs": set()}  # the seed had no warmup and no decay
     assert factors("warmup")["schedule"][1] == "cosine"
     for arm in arms:
         arm_factors = factors(arm)
-        changed = {k for k, v in arm_factors.items() if v != factors("baseline")[k]}
+        changed = {k for k, v in arm_factors.items() if v != base[k]}
         expected = {"baseline": set(), "all_fixes": set(fixes) | {"schedule"}, "warmup": {"warmup", "schedule"},
                     "unpacked": {"packing"}, "bug_no_pad_mask": {"packing", "bugs"}}.get(
                         arm, {"bugs"} if arm.startswith("bug_") else {arm})

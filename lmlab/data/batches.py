@@ -43,6 +43,11 @@ def strided_rows(n_tokens: int, seq_len: int, stride: int) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
+def scored_targets(rows: np.ndarray) -> int:
+    """How many targets `collate` leaves unmasked in these rows: end - score_from for each."""
+    return int((rows[:, 1] - rows[:, 2]).sum())
+
+
 def collate(tokens: np.ndarray, rows: np.ndarray, eos_id: int, segments: bool = False) -> dict:
     """Right-padded batch: x, y (IGNORE where padded or not scored), pad_mask, optional segments.
 

@@ -1,4 +1,4 @@
-"""Where the text comes from, and `split_text`, the one thing the token cache asks of a source:
+"""Where the text comes from, and `split_texts`, the one thing the token cache asks of a source:
 a split's documents and its word and byte counts. `data.kind` picks the source:
 
 - `wikitext`: WikiText from a hub id through `datasets.load_dataset`, a local folder in the hub's
@@ -273,10 +273,10 @@ def _carve(splits: dict, data_cfg) -> dict:
     return {**splits, "validation": both["train"], "test": both["test"]}
 
 
-def corpus_documents(data_cfg, split: str) -> list[str]:
-    """One split's documents of a `hub` or `text` corpus."""
+def corpus_documents(data_cfg) -> dict[str, list[str]]:
+    """Every split's documents of a `hub` or `text` corpus, which is read and carved as a whole."""
     splits = _hub_splits(data_cfg) if corpus_kind(data_cfg) == "hub" else _text_splits(data_cfg)
-    return list(_carve(splits, data_cfg)[split]["text"])
+    return {split: list(ds["text"]) for split, ds in _carve(splits, data_cfg).items()}
 
 
 # --- what the token cache asks ----------------------------------------------------------------
@@ -289,15 +289,23 @@ def document_words(data_cfg, doc: str) -> int:
     return word_count(doc.splitlines(keepends=True)) if corpus_kind(data_cfg) == "wikitext" else len(doc.split())
 
 
-def split_text(data_cfg, split: str) -> SplitText:
-    """One split's documents and counts; only the documents outlive this call, so a large split
-    is held in memory once."""
+def split_texts(data_cfg, split: str) -> dict[str, SplitText]:
+    """`split`'s documents and counts: WikiText's alone (only the documents outlive this call, so a
+    large split is held in memory once), a hub or text corpus's with every other split's, since
+    carving reads the whole corpus anyway and reading it once per split would do that three times."""
     if corpus_kind(data_cfg) == "wikitext":
         lines = read_split(data_cfg, split)
-        docs, n_words = (documents(lines), word_count(lines)) if any(line.strip() for line in lines) else ([], 0)
+        found = {split: (documents(lines), word_count(lines)) if any(line.strip() for line in lines) else ([], 0)}
     else:
-        docs = corpus_documents(data_cfg, split)
-        n_words = sum(document_words(data_cfg, doc) for doc in docs)
-    if not docs:
-        raise DataError(f"the {split} split is empty")
-    return SplitText(docs, n_words, sum(len(doc.encode()) for doc in docs))
+        found = {name: (docs, sum(document_words(data_cfg, doc) for doc in docs))
+                 for name, docs in corpus_documents(data_cfg).items()}
+    for name, (docs, _) in found.items():
+        if not docs:
+            raise DataError(f"the {name} split is empty")
+    return {name: SplitText(docs, n_words, sum(len(doc.encode()) for doc in docs))
+            for name, (docs, n_words) in found.items()}
+
+
+def split_text(data_cfg, split: str) -> SplitText:
+    """One split's documents and counts."""
+    return split_texts(data_cfg, split)[split]

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lmlab.atomic import atomic_path, file_lock, write_text
-from lmlab.data.sources import SPLITS, SplitText, source_key, split_text
+from lmlab.data.sources import SPLITS, SplitText, source_key, split_texts
 from lmlab.data.tokenizer import Tokenizer, load_or_train
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ def write_tokens(tok: Tokenizer, docs: list[str], path: Path, split: str) -> int
     """Encode `docs` into `path` as one stream, each document ended by EOS; returns its length.
     Batches of documents go to the tokenizer's threads and straight to the file, so memory holds
     one batch of ids, never the whole split's."""
-    dtype, eos = token_dtype(tok.vocab_size), np.array([tok.eos_id], dtype=token_dtype(tok.vocab_size))
+    dtype = token_dtype(tok.vocab_size)
+    eos = np.array([tok.eos_id], dtype=dtype)
     n_tokens = 0
     with open(path, "wb") as f, tqdm(total=sum(map(len, docs)), desc=f"tokenizing {split}", unit="char",
                                      unit_scale=True, leave=False, disable=None) as bar:
@@ -102,7 +103,7 @@ def load_splits(data_cfg, tok_cfg) -> tuple[Tokenizer, dict[str, Split]]:
 
     def text(split):
         if split not in texts:
-            texts[split] = split_text(data_cfg, split)
+            texts.update(split_texts(data_cfg, split))
         return texts[split]
 
     with file_lock(folder / ".lock"):

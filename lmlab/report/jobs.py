@@ -109,12 +109,14 @@ def arms(jobs: list[Job], keys: list[str]) -> dict[str, list[Job]]:
     return grouped
 
 
-def baseline_arm(names: list[str], asked: str | None = None) -> str:
-    """The arm the others are compared with: the one asked for, else the one with a swept value
-    `baseline` (sweep=rootcause's variant=baseline), else the first."""
+def baseline_arm(groups: dict[str, list[Job]], keys: list[str], asked: str | None = None) -> str:
+    """The arm of `groups` (from `arms`) the others are compared with: the one asked for, else the
+    one with a swept value `baseline` (sweep=rootcause's variant=baseline), else the first."""
+    names = list(groups)
     if asked is not None:
         if asked not in names:
             raise ValueError(f"--baseline {asked!r} is not an arm; the arms are: {'; '.join(names)}")
         return asked
-    named = [name for name in names if any(part.split("=", 1)[-1] == "baseline" for part in name.split(", "))]
+    named = [name for name, members in groups.items()
+             if any(members[0].overrides.get(key) == "baseline" for key in arm_keys(keys))]
     return (named or names)[0]

@@ -16,6 +16,7 @@ from matplotlib.ticker import EngFormatter, NullLocator  # noqa: E402
 
 from lmlab.report.jobs import SEED_KEY, Job, arm_keys, label, short  # noqa: E402
 from lmlab.report.scaling import ScalingFit  # noqa: E402
+from lmlab.report.stats import LEVEL  # noqa: E402
 
 FLOOR_NAMES = {"unigram": "unigram", "interpolated_bigram": "interpolated bigram",
                "kneser_ney_bigram": "Kneser-Ney bigram"}
@@ -185,7 +186,7 @@ def plot_scaling(n_params: list[float], losses: list[float], fit: ScalingFit, ou
     ax.plot(grid, fit.predict(grid), color="tab:blue", alpha=0.7,
             label=f"fit {fit.form}, alpha = {fit.params['alpha']:.3f}")
     ax.errorbar([fit.next_n], [fit.prediction], yerr=[[fit.prediction - fit.low], [fit.high - fit.prediction]],
-                fmt="D", color="tab:green", capsize=4, label="next size: 95% prediction interval")
+                fmt="D", color="tab:green", capsize=4, label=f"next size: {LEVEL:.0%} prediction interval")
     low, high = min([*losses, fit.low]), max([*losses, fit.high])
     _floor_lines(ax, floors, "test_loss", low - 0.5 * (high - low), high + 0.5 * (high - low))
     ax.set_xscale("log")

@@ -17,9 +17,10 @@ import numpy as np
 from scipy import stats
 from scipy.optimize import curve_fit
 
+from lmlab.report.stats import LEVEL
+
 MIN_SIZES = 4
 UNIT = 1e6
-LEVEL = 0.95
 FULL, POWER = "E + A / N^alpha", "A / N^alpha"
 
 

@@ -70,7 +70,7 @@ def arms_section(groups: dict[str, list[Job]], baseline: str, floors: dict | Non
              "far as 2 or 3 seeds demand). Below the floor = the better bigram's test loss minus the arm's "
              "(positive: the model learned more than bigram statistics).", "",
              "| arm | seeds done | " + " | ".join(name for name, _ in METRICS.values())
-             + " | Δ nats/token vs baseline [95% CI] | distinguishable? | below the floor by (nats/token) |",
+             + f" | Δ nats/token vs baseline [{LEVEL:.0%} CI] | distinguishable? | below the floor by (nats/token) |",
              "|---|---:|" + "---:|" * len(METRICS) + "---:|---|---:|"]
     more_seeds = []
     for arm in [baseline, *(name for name in groups if name != baseline)]:  # the baseline first
@@ -170,7 +170,7 @@ def write_report(root: Path, out: Path | None = None, baseline: str | None = Non
     n_done = sum(job.done for job in jobs)
     floors = shared_floors(jobs)
     groups = arms(jobs, keys)
-    base = baseline_arm(list(groups), baseline)
+    base = baseline_arm(groups, keys, baseline)
     lines = [f"# Report: {root}", "",
              f"{len(jobs)} jobs: {n_done} done, {len(jobs) - n_done} failed or unfinished.", ""]
     if common:
