@@ -1,6 +1,7 @@
 """The CUDA paths: bf16 autocast, torch.compile, fused AdamW, pinned-memory batches and an exact
 resume. They run where a CUDA device is present and skip with a reason elsewhere; the same code
-runs on the CPU in test_step.py (compile, the unpinned data path) and test_resume.py."""
+runs on the CPU in test_step.py (compile, the unpinned data path, an exact resume in one process,
+which also runs on CUDA: `pytest tests/test_gpu.py tests/test_step.py`) and test_resume.py."""
 import json
 
 import numpy as np
@@ -58,7 +59,8 @@ def test_a_resumed_gpu_run_is_bit_identical_with_deterministic_settings(tmp_path
     # A constant learning rate: the cut run's shorter horizon must not change its schedule.
     run = [f"data.local_dir={MINI}", *TINY, "model.dropout=0.1", "train.max_steps=6", "train.eval_every=3",
            "eval.max_batches=2", "eval.sample_tokens=0", "logger=none", "schedule=none",
-           "train.deterministic=true", "train.compile=false", "train.device=cuda"]
+           "train.deterministic=true", "train.compile=false", "train.device=cuda", "train.checkpoint_every=1",
+           "train.keep_checkpoints=6"]
     for name, extra in (("ref", []), ("again", []), ("cut", ["train.max_steps=3"])):
         r = run_cli([*run, *extra, f"hydra.run.dir={tmp_path / name}"], cwd=REPO)
         assert r.returncode == 0, r.stderr[-2000:]
@@ -66,13 +68,20 @@ def test_a_resumed_gpu_run_is_bit_identical_with_deterministic_settings(tmp_path
                  f"hydra.run.dir={tmp_path / 'resumed'}"], cwd=REPO)
     assert r.returncode == 0, r.stderr[-2000:]
 
-    def weights(name, step):
-        return load_checkpoint(tmp_path / name / "checkpoints" / f"step-{step:07d}.pt")["model"]
+    def checkpoint(name, step):
+        return load_checkpoint(tmp_path / name / "checkpoints" / f"step-{step:07d}.pt")
 
-    # In the order that tells where bit-identity is lost: two runs, then a run and its resumption.
-    for (a, b, step) in (("ref", "again", 6), ("ref", "cut", 3), ("ref", "resumed", 6)):
-        wa, wb = weights(a, step), weights(b, step)
-        differ = [k for k in wa if not torch.equal(wa[k], wb[k])]
-        assert not differ, f"{a} and {b} differ at step {step} in {differ}"
+    # Step by step, in the order that tells where bit-identity is lost: two runs, a run cut at 3
+    # (its optimizer state and RNG too), then the run resumed from it.
+    for a, b, steps in (("ref", "again", range(1, 7)), ("ref", "cut", range(1, 4)), ("ref", "resumed", range(4, 7))):
+        for step in steps:
+            ca, cb = checkpoint(a, step), checkpoint(b, step)
+            differ = [k for k in ca["model"] if not torch.equal(ca["model"][k], cb["model"][k])]
+            assert not differ, f"{a} and {b} first differ at step {step} in {differ}"
+    ref, cut = checkpoint("ref", 3), checkpoint("cut", 3)
+    for pid, state in ref["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, cut["optimizer"]["state"][pid][key]), (pid, key)
+    assert all(torch.equal(x, y) for x, y in zip(ref["train_state"]["rng"]["cuda"], cut["train_state"]["rng"]["cuda"]))
     summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
     assert summary["device"].startswith("NVIDIA") and summary["tokens_per_s"] > 0
