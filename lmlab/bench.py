@@ -96,7 +96,7 @@ def peak_memory_gib(device) -> float:
 
 
 def bench_step(cfg: DictConfig) -> dict:
-    from lmlab.flops import flops_per_token, mfu
+    from lmlab.flops import mfu, model_flops_per_token
     from lmlab.step import resolve_precision
     from lmlab.train import device_peak
 
@@ -118,9 +118,8 @@ def bench_step(cfg: DictConfig) -> dict:
                    ratio=statistics.median(ratios), ratios=[round(r, 3) for r in ratios])
     else:
         row["tokens_per_s"] = b.tokens_per_s()
-    flops_tok = flops_per_token(b.model.n_params(non_embedding=True), cfg.model.d_model, cfg.tokenizer.vocab_size,
-                                cfg.model.n_layers, cfg.model.max_seq_len)
-    row.update(ms_per_step=1e3 * b.tokens_per_step / row["tokens_per_s"], mfu=mfu(flops_tok, row["tokens_per_s"], peak),
+    row.update(ms_per_step=1e3 * b.tokens_per_step / row["tokens_per_s"],
+               mfu=mfu(model_flops_per_token(b.model), row["tokens_per_s"], peak),
                peak_mem_gib=peak_memory_gib(b.device))
     if cfg.bench.checkpoint:
         row.update(checkpoint_times(b))

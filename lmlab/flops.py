@@ -18,6 +18,13 @@ def flops_per_token(n_params_non_embedding: int, d_model: int, vocab_size: int, 
     return 6 * n_params_non_embedding + 6 * d_model * vocab_size + 12 * n_layers * d_model * seq_len
 
 
+def model_flops_per_token(model) -> int:
+    """`flops_per_token` of a built model (lmlab.model.GPT, read by its attributes alone): its
+    shapes and its real vocabulary."""
+    c = model.cfg
+    return flops_per_token(model.n_params(non_embedding=True), c.d_model, c.vocab_size, c.n_layers, c.max_seq_len)
+
+
 # Dense (no sparsity) tensor-core peaks in TFLOP/s from the vendors' datasheets, by precision.
 # Matched as whole words of the device name, first match wins ("H100 PCIe" before "H100"), so an
 # A10G or an L40S is unknown rather than mistaken for an A10 or an L4.

@@ -22,7 +22,7 @@ from lmlab.config import ConfigError
 from lmlab.data import Sampler, Split, document_rows, packed_rows, strided_rows
 from lmlab.distributed import Ranks, all_reduce_sum, any_rank, barrier, rank_device
 from lmlab.evaluate import evaluate
-from lmlab.flops import flops_per_token, mfu, peak_flops
+from lmlab.flops import mfu, model_flops_per_token, peak_flops
 from lmlab.metrics import EvalResult
 from lmlab.model import GPT
 from lmlab.step import (TrainStep, compute_context, device_batches, make_optimizer, resolve_device,
@@ -206,8 +206,7 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
     checkpoint_every = tcfg.checkpoint_every or tcfg.eval_every
     saved_step = state.step if resume is not None else None
     writer = CheckpointWriter(ckpt_dir, tcfg.keep_checkpoints)
-    flops_tok = flops_per_token(model.n_params(non_embedding=True), cfg.model.d_model, tokenizer.vocab_size,
-                                cfg.model.n_layers, cfg.model.max_seq_len)
+    flops_tok = model_flops_per_token(model)
     device_name, peak = device_peak(device, tcfg)
 
     def run_eval(split: str) -> EvalResult:

@@ -1,7 +1,7 @@
 """MFU: FLOPs per token by the formula, over the peak of the device in use, or unknown."""
 import pytest
 
-from lmlab.flops import flops_per_token, mfu, peak_flops
+from lmlab.flops import flops_per_token, mfu, model_flops_per_token, peak_flops
 from lmlab.model import GPT, GPTConfig
 
 
@@ -14,8 +14,11 @@ def test_flops_per_token_counts_parameters_head_and_attention():
     # GPT-2 small (optionC) at GPT-2's vocabulary: 510.3M for its 85.06M non-embedding parameters,
     # 231.6M for the head, 113.2M for attention.
     c = GPTConfig(vocab_size=50257, d_model=768, n_heads=12, n_layers=12, d_ff=3072, max_seq_len=1024)
-    assert GPT(c).n_params(non_embedding=True) == 85_056_000
+    model = GPT(c)
+    assert model.n_params(non_embedding=True) == 85_056_000
     assert flops_per_token(85_056_000, 768, 50257, 12, 1024) == 855_166_464
+    # A built model counts its real vocabulary, not the 50,304 rows it pads it to.
+    assert model.cfg.padded_vocab_size == 50304 and model_flops_per_token(model) == 855_166_464
 
 
 @pytest.mark.parametrize("name,precision,tflops", [
