@@ -18,6 +18,8 @@ SHORT = ["bench.warmup_steps=1", "bench.steps=2", "bench.windows=2"]
 
 @pytest.fixture
 def bench_schema():
+    import lmlab.conf  # noqa: F401  its first import registers the trainer's schema: done before the bench's replaces it
+
     register_configs(bench=True)
     yield
     register_configs()
