@@ -14,12 +14,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import EngFormatter, NullLocator  # noqa: E402
 
+from lmlab.report import references  # noqa: E402
 from lmlab.report.jobs import SEED_KEY, Job, arm_keys, label, short  # noqa: E402
 from lmlab.report.scaling import ScalingFit  # noqa: E402
 from lmlab.report.stats import LEVEL  # noqa: E402
 
-FLOOR_NAMES = {"unigram": "unigram", "interpolated_bigram": "interpolated bigram",
-               "kneser_ney_bigram": "Kneser-Ney bigram"}
 
 
 def _slug(key: str) -> str:
@@ -27,16 +26,16 @@ def _slug(key: str) -> str:
 
 
 def _floor_lines(ax, floors: dict | None, metric: str, low: float, high: float, vertical: bool = False) -> list[float]:
-    """The bigram floors as dashed lines where they fall within [low, high] (the unigram, far
+    """The n-gram references as dashed lines where they fall within [low, high] (the unigram, far
     above every curve, would only squash them); returns the values drawn."""
     drawn = []
-    for name in ("interpolated_bigram", "kneser_ney_bigram"):
-        value = (floors or {}).get(name, {}).get(metric)
-        if value is not None and low <= value <= high:
-            is_floor = floors["floor"] == name
+    for key, entry in references.entries(floors):
+        value = entry.get(metric)
+        if references.order(key, entry) >= 2 and value is not None and low <= value <= high:
+            is_floor = floors["floor"] == key
             (ax.axvline if vertical else ax.axhline)(
                 value, color="0.2" if is_floor else "0.6", linestyle="--" if is_floor else ":", linewidth=1.2,
-                label=FLOOR_NAMES[name] + (" (the floor)" if is_floor else ""))
+                label=references.name(key) + (" (the floor)" if is_floor else ""))
             drawn.append(value)
     return drawn
 
@@ -153,7 +152,8 @@ def plot_val_curves(jobs: list[Job], keys: list[str], out: Path, floors: dict | 
     return _save(fig, out / "val_loss_curves.png")
 
 
-def plot_arms(arms: dict[str, list[float]], baseline: str, out: Path, floors: dict | None = None) -> Path:
+def plot_arms(arms: dict[str, list[float]], baseline: str, out: Path, floors: dict | None = None,
+              filename: str = "test_loss_by_arm.png") -> Path:
     """Test loss by arm: each seed a dot, the mean and its +-1 SD bar, the floors as lines."""
     names = list(arms)
     fig, ax = plt.subplots(figsize=(8, 1.6 + 0.42 * len(names)))
@@ -175,7 +175,7 @@ def plot_arms(arms: dict[str, list[float]], baseline: str, out: Path, floors: di
     ax.grid(True, axis="x", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=8)
-    return _save(fig, out / "test_loss_by_arm.png")
+    return _save(fig, out / filename)
 
 
 def plot_scaling(n_params: list[float], losses: list[float], fit: ScalingFit, out: Path,
@@ -199,3 +199,42 @@ def plot_scaling(n_params: list[float], losses: list[float], fit: ScalingFit, ou
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return _save(fig, out / "scaling_fit.png")
+
+
+def plot_isoflop(budgets: dict[str, tuple[dict[float, float], tuple[float, float] | None]], out: Path) -> Path:
+    """Mean test loss against size, one curve per FLOPs budget, with each fitted parabola's optimum."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.get_cmap("viridis")
+    for i, (budget, (by_size, optimum)) in enumerate(budgets.items()):
+        color = colors(i / max(1, len(budgets) - 1))
+        ax.plot(list(by_size), list(by_size.values()), marker="o", color=color, label=f"{budget} FLOPs")
+        if optimum is not None:
+            sizes = np.geomspace(min(by_size), max(by_size), 50)
+            a, b, c = np.polyfit(np.log(list(by_size)), list(by_size.values()), 2)
+            ax.plot(sizes, a * np.log(sizes) ** 2 + b * np.log(sizes) + c, color=color, alpha=0.4, linestyle="--")
+            ax.scatter([optimum[0]], [optimum[1]], marker="*", s=120, color=color, zorder=4)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(EngFormatter())
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel("mean test loss (nats/token)")
+    ax.set_title("Iso-FLOP curves: loss against size at each budget (star: parabola's optimum)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, out / "isoflop.png")
+
+
+def plot_position_loss(curves: dict[str, list[float]], out: Path) -> Path:
+    """Mean test loss at each position of the scoring window, one line per arm: a longer context
+    is used where its curve keeps falling past the shorter windows' length."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colors = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
+    for i, (arm, losses) in enumerate(curves.items()):
+        ax.plot(range(1, len(losses) + 1), losses, color=colors(i % colors.N), linewidth=1.2, label=arm)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(EngFormatter())
+    ax.set_xlabel("position in the window (tokens of context + 1)")
+    ax.set_ylabel("mean test loss (nats/token)")
+    ax.set_title("Test loss by position in the window (mean over seeds)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, out / "loss_by_position.png")
