@@ -20,11 +20,11 @@ from lmlab.report.select import choose
 
 
 def _hydra_overrides(root: Path) -> list[str]:
-    """The stage-1 command's `hydra...` overrides, but its sweep dir."""
+    """The stage-1 command's `hydra...` overrides, but its sweep dir (and the mode -m sets)."""
     path = root / "multirun.yaml"
     config = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
     lines = config.get("hydra", {}).get("overrides", {}).get("hydra") or []
-    return [line for line in lines if line.split("=", 1)[0] != "hydra.sweep.dir"]
+    return [line for line in lines if line.split("=", 1)[0] not in ("hydra.sweep.dir", "hydra.mode")]
 
 
 def _job_overrides(job_dir: Path) -> list[str]:
