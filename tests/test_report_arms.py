@@ -58,7 +58,8 @@ def test_nats_per_token_are_never_compared_across_tokenizers(tmp_path):
     for vocab, base in [(384, 4.0), (8192, 6.0)]:
         for arm, shift in [("baseline", 0.0), ("warmup", -0.1)]:
             for seed in range(2):
-                _corpus_job(tmp_path / f"sweep{vocab}", num, arm, seed, base + shift + 0.01 * seed * (1 + (arm == "warmup")), vocab)
+                loss = base + shift + 0.01 * seed * (1 + (arm == "warmup"))
+                _corpus_job(tmp_path / f"sweep{vocab}", num, arm, seed, loss, vocab)
                 num += 1
     report = write_report(tmp_path).read_text()
     sections = report.split("## Arms against the baseline")[1:]

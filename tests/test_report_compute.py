@@ -42,7 +42,8 @@ def test_references_to_order_5_documents_flops_positions_and_common_windows(tmp_
     header = next(line for line in report.splitlines() if line.startswith("| arm |"))
     assert "| test nats/token on common windows | training FLOPs |" in header
     assert "| Δ [95% CI over test documents] |" in header
-    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in report.splitlines() if line.startswith("| variant=")}
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in report.splitlines()
+            if line.startswith("| variant=")}
     assert rows["variant=baseline"][-1] == "Kneser-Ney bigram, not Kneser-Ney 3-gram |"
     assert rows["variant=context"][-1] == "Kneser-Ney 3-gram, not Kneser-Ney 4-gram |"
     assert rows["variant=context"][5].endswith("(T=4)") and rows["variant=context"][6].startswith("2.5e+12")
@@ -51,7 +52,8 @@ def test_references_to_order_5_documents_flops_positions_and_common_windows(tmp_
     assert low < diff < high and high - low < 0.2  # 40 documents of 50-200 tokens, per-document noise 0.2
     assert "paired t" in rows["variant=context"][7] and "Holm" in rows["variant=context"][9]
     # Every reference in nats/token and bits/byte, the strongest named the floor.
-    assert "| Kneser-Ney 5-gram (the floor): counted on train, tuned on validation | - | 2.583 | 25.8 | 1.2915 |" in report
+    assert ("| Kneser-Ney 5-gram (the floor): counted on train, tuned on validation | - | 2.583 | 25.8 | 1.2915 |"
+            in report)
     for name in ("unigram", "interpolated bigram", "Kneser-Ney bigram", "Kneser-Ney 3-gram", "Kneser-Ney 4-gram"):
         assert f"| {name}: counted on train, tuned on validation | - | " in report
     # The job table's FLOPs, the position plot.

@@ -87,7 +87,8 @@ def test_stage2_commands_run_new_seeds_at_each_arms_lr_into_the_same_dir(tmp_pat
     # Asked again: every arm has its seeds at its LR already, so nothing runs twice.
     assert main([str(tmp_path), "--stage2", "--seeds", "1,2"]) == 0
     assert capsys.readouterr().out.splitlines()[-2:] == [
-        "# variant=baseline: seeds 1,2 already ran at its LR 0.002", "# variant=warmup: seeds 1,2 already ran at its LR 0.004"]
+        "# variant=baseline: seeds 1,2 already ran at its LR 0.002",
+        "# variant=warmup: seeds 1,2 already ran at its LR 0.004"]
 
 
 def test_stage2_needs_an_lr_grid_and_seeds(tmp_path, capsys):

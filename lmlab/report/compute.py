@@ -66,7 +66,8 @@ def isoflop_section(jobs: list[Job], keys: list[str], out: Path) -> tuple[list[s
     lines = ["## Iso-FLOP: the best model size for each compute budget", ""]
     others = [key for key in arm_keys(keys) if key not in (*SIZE_KEYS, BUDGET_KEY)]
     if others:
-        return lines + [f"No iso-FLOP analysis: the sweep varies {', '.join(others)} besides size and budget.", ""], None
+        return lines + [f"No iso-FLOP analysis: the sweep varies {', '.join(others)} besides size and budget.",
+                        ""], None
     curves: dict[object, dict[float, list[float]]] = {}
     names: dict[object, str] = {}
     for job in jobs:

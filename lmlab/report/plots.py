@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import EngFormatter, NullLocator  # noqa: E402
 
 from lmlab.report import references  # noqa: E402
-from lmlab.report.jobs import SEED_KEY, Job, arm_keys, label, short  # noqa: E402
+from lmlab.report.jobs import ALL_JOBS, SEED_KEY, Job, label, short  # noqa: E402
 from lmlab.report.scaling import ScalingFit  # noqa: E402
 from lmlab.report.stats import LEVEL  # noqa: E402
 
@@ -66,7 +66,7 @@ def plot_metric_by_key(jobs: list[Job], key: str, keys: list[str], out: Path, fl
     done = [(x, job.summary["best_val_ppl"]) for x, job in zip(xs, jobs)
             if job.done and job.summary.get("best_val_ppl") is not None]
     ax.scatter([x for x, _ in done], [y for _, y in done], s=36, color="tab:blue", zorder=3, label="job")
-    alone = arm_keys(keys) == [key]
+    alone = [k for k in keys if k != SEED_KEY] == [key]
     if alone and done:  # the only factor (seeds aside): join the means so the trend reads at a glance
         by_x: dict[float, list[float]] = {}
         for x, y in done:
@@ -113,7 +113,9 @@ def plot_val_curves(jobs: list[Job], keys: list[str], out: Path, floors: dict | 
             curves.append((job, points))
     if not curves:
         return None
-    arms = list(dict.fromkeys(label(job, arm_keys(keys)) for job, _ in curves))
+    varied = [key for key in keys if key != SEED_KEY]  # the LR too: each LR of a grid its own curve
+    name_of = {id(job): label(job, varied) if varied else ALL_JOBS for job, _ in curves}
+    arms = list(dict.fromkeys(name_of.values()))
     seeds = list(dict.fromkeys(job.overrides.get(SEED_KEY) for job, _ in curves))
     colors = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20")
     styles = ["-", "--", ":", "-."]
@@ -122,7 +124,7 @@ def plot_val_curves(jobs: list[Job], keys: list[str], out: Path, floors: dict | 
     fig, ax = plt.subplots(figsize=(10, 5 + 0.22 * legend_rows))
     labelled = set()
     for job, points in curves:
-        arm = label(job, arm_keys(keys))
+        arm = name_of[id(job)]
         name = arm if len(arms) <= 10 else f"#{job.num}"  # many arms (a search): the table has the values
         line_label = None if arm in labelled else name + ("" if job.done else " (failed)")
         labelled.add(arm)

@@ -100,7 +100,8 @@ def arms_section(rows: list[Row], floors: dict | None) -> list[str]:
         members, c = row.arm.chosen, row.comparison
         margins = Spread([job.floor["test_loss"] - job.summary["test_loss"] for job in members
                           if job.done and job.floor and job.summary.get("test_loss") is not None])
-        delta = "-" if c is None else f"{c.diff:+.3f}" + (f" [{c.low:+.3f}, {c.high:+.3f}] {c.test}" if c.low is not None else "")
+        interval = f" [{c.low:+.3f}, {c.high:+.3f}] {c.test}" if c is not None and c.low is not None else ""
+        delta = "-" if c is None else f"{c.diff:+.3f}{interval}"
         docs = row.documents if isinstance(row.documents, tuple) else None
         cells = ([cell(row.arm.name)] + [(row.arm.lr or "-") + (" (grid edge)" if row.arm.at_edge else "")] * lr_grid
                  + [f"{sum(job.done for job in members)}/{len(members)}"]

@@ -46,7 +46,8 @@ def lr_grid(jobs: list[Job]) -> list[LRPoint]:
     for job in jobs:
         by_lr.setdefault(exact(job.overrides.get(LR_KEY, "default")), []).append(job)
     points = [LRPoint(members[0].overrides.get(LR_KEY, "default"), members,
-                      Spread([j.summary[VALIDATION] for j in members if j.done and j.summary.get(VALIDATION) is not None]))
+                      Spread([j.summary[VALIDATION] for j in members
+                              if j.done and j.summary.get(VALIDATION) is not None]))
               for members in by_lr.values()]
     return sorted(points, key=lambda point: _lr_order(point.lr))
 

@@ -13,7 +13,7 @@ from lmlab.report import plots
 from lmlab.report.compute import BUDGET_KEY, SIZE_KEYS, isoflop_section, scaling_section
 from lmlab.report.jobs import LR_KEY, SEED_KEY, Job, arms, baseline_arm, by_corpus, find_jobs, label, swept_keys
 from lmlab.report.sections import (Row, arms_section, cell, compare_arms, explanation, fmt, lr_section,
-                                   shared_floors, spread)
+                                   shared_floors)
 from lmlab.report.select import choose
 from lmlab.report.stage2 import write_stage2
 from lmlab.report.stats import after_holm
@@ -22,7 +22,8 @@ from lmlab.report.stats import after_holm
 def job_table(jobs: list[Job], keys: list[str]) -> list[str]:
     flops = any(job.summary.get("train_flops") is not None for job in jobs)
     lines = ["| # | overrides | n_params | tokens | " + "training FLOPs | " * flops
-             + "best val ppl | test ppl | tokens/s | status |", "|---|---|---:|---:|" + "---:|" * flops + "---:|---:|---:|---|"]
+             + "best val ppl | test ppl | tokens/s | status |",
+             "|---|---|---:|---:|" + "---:|" * flops + "---:|---:|---:|---|"]
     for job in jobs:
         s = job.summary
         lines.append(f"| {job.num} | {cell(label(job, keys))} | {fmt(s.get('n_params'), ',')} | "
