@@ -51,13 +51,14 @@ def scaling_section(jobs: list[Job], keys: list[str], out: Path, floors: dict | 
     return lines, plots.plot_scaling(*zip(*points), fit, out, floors)
 
 
-def parabola_optimum(sizes: list[float], losses: list[float]) -> tuple[float, float] | str:
-    """The minimum of loss = a (ln N)^2 + b ln N + c fitted by least squares: (N*, its loss), or why none."""
-    a, b, c = np.polyfit(np.log(sizes), losses, 2)
+def parabola_optimum(sizes: list[float], losses: list[float]) -> tuple[float, float, np.poly1d] | str:
+    """The minimum of loss = a (ln N)^2 + b ln N + c fitted by least squares: (N*, its loss, the
+    parabola in ln N), or why none."""
+    parabola = np.poly1d(np.polyfit(np.log(sizes), losses, 2))
+    a, b, _ = parabola.coeffs
     if a <= 0:
         return "the fitted parabola has no minimum (it opens downward)"
-    log_n = -b / (2 * a)
-    return float(np.exp(log_n)), float(a * log_n ** 2 + b * log_n + c)
+    return float(np.exp(-b / (2 * a))), float(parabola(-b / (2 * a))), parabola
 
 
 def isoflop_section(jobs: list[Job], keys: list[str], out: Path) -> tuple[list[str], Path | None]:

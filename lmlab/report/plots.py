@@ -203,17 +203,17 @@ def plot_scaling(n_params: list[float], losses: list[float], fit: ScalingFit, ou
     return _save(fig, out / "scaling_fit.png")
 
 
-def plot_isoflop(budgets: dict[str, tuple[dict[float, float], tuple[float, float] | None]], out: Path) -> Path:
-    """Mean test loss against size, one curve per FLOPs budget, with each fitted parabola's optimum."""
+def plot_isoflop(budgets: dict[str, tuple[dict[float, float], tuple | None]], out: Path) -> Path:
+    """Mean test loss against size, one curve per FLOPs budget, with each fitted parabola (in ln N)
+    and its optimum (compute.parabola_optimum's (N*, loss, parabola))."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = plt.get_cmap("viridis")
     for i, (budget, (by_size, optimum)) in enumerate(budgets.items()):
-        color = colors(i / max(1, len(budgets) - 1))
+        color = colors(0.85 * i / max(1, len(budgets) - 1))  # viridis' last yellow is too faint
         ax.plot(list(by_size), list(by_size.values()), marker="o", color=color, label=f"{budget} FLOPs")
         if optimum is not None:
             sizes = np.geomspace(min(by_size), max(by_size), 50)
-            a, b, c = np.polyfit(np.log(list(by_size)), list(by_size.values()), 2)
-            ax.plot(sizes, a * np.log(sizes) ** 2 + b * np.log(sizes) + c, color=color, alpha=0.4, linestyle="--")
+            ax.plot(sizes, optimum[2](np.log(sizes)), color=color, alpha=0.4, linestyle="--")
             ax.scatter([optimum[0]], [optimum[1]], marker="*", s=120, color=color, zorder=4)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(EngFormatter())
