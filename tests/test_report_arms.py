@@ -47,7 +47,7 @@ def test_an_arm_above_the_floor_is_said_plainly(tmp_path):
 
 def _corpus_job(root, num, arm, seed, loss, vocab):
     job = _job(root, num, [f"+variant={arm}", f"train.seed={seed}", f"tokenizer.vocab_size={vocab}"],
-               _done(60.0, math.exp(loss), test_bpb=loss / 4), [6.0, loss])
+               _done(60.0, math.exp(loss), test_bpb=loss / 4, val_bpb=loss / 4), [6.0, loss])
     config = {"data": {"name": "wikitext2", "kind": "wikitext", "local_dir": "/data/mini"},
               "tokenizer": {"kind": "bpe", "vocab_size": vocab}}
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
@@ -71,3 +71,6 @@ def test_nats_per_token_are_never_compared_across_tokenizers(tmp_path):
                              f"variant=warmup, tokenizer.vocab_size={vocab}"}
         assert "| -0.095 [" in rows[f"variant=warmup, tokenizer.vocab_size={vocab}"]
         assert f"tokenizer.vocab_size={other} |" not in section.split("## ")[0]
+    # Plots by a swept key in bits/byte (comparable across tokenizers), validation curves per tokenizer.
+    assert "(best_val_bpb_by_tokenizer.vocab_size.png)" in report and "best_val_ppl_by" not in report
+    assert "(val_loss_curves.png)" in report and "(val_loss_curves_2.png)" in report

@@ -59,12 +59,19 @@ def _positions(values: list[str]) -> tuple[list[float], bool, list[str]]:
     return numbers, positive and max(numbers) / min(numbers) >= 8, []
 
 
-def plot_metric_by_key(jobs: list[Job], key: str, keys: list[str], out: Path, floors: dict | None = None) -> Path:
+# What plot_metric_by_key can draw: summary key -> (axis name, the floors' key, file name). Perplexity
+# is per token, so jobs of several tokenizers are drawn in bits/byte.
+BY_KEY = {"best_val_ppl": ("best validation perplexity", "val_ppl", "best_val_ppl"),
+          "val_bpb": ("best validation bits/byte", "val_bpb", "best_val_bpb")}
+
+
+def plot_metric_by_key(jobs: list[Job], key: str, keys: list[str], out: Path, floors: dict | None = None,
+                       metric: str = "best_val_ppl") -> Path:
+    name, floor_metric, filename = BY_KEY[metric]
     values = [job.overrides.get(key, "-") for job in jobs]
     xs, log_x, categories = _positions(values)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    done = [(x, job.summary["best_val_ppl"]) for x, job in zip(xs, jobs)
-            if job.done and job.summary.get("best_val_ppl") is not None]
+    done = [(x, job.summary[metric]) for x, job in zip(xs, jobs) if job.done and job.summary.get(metric) is not None]
     ax.scatter([x for x, _ in done], [y for _, y in done], s=36, color="tab:blue", zorder=3, label="job")
     alone = [k for k in keys if k != SEED_KEY] == [key]
     if alone and done:  # the only factor (seeds aside): join the means so the trend reads at a glance
@@ -76,7 +83,7 @@ def plot_metric_by_key(jobs: list[Job], key: str, keys: list[str], out: Path, fl
                 label="mean over seeds" if SEED_KEY in keys else None)
     if done:  # the floors' validation perplexity, near enough to the jobs to share their axis
         ys = [y for _, y in done]
-        _floor_lines(ax, floors, "val_ppl", min(ys) / 1.5, max(ys) * 1.5)
+        _floor_lines(ax, floors, floor_metric, min(ys) / 1.5, max(ys) * 1.5)
     failed = [x for x, job in zip(xs, jobs) if not job.done]
     if failed:  # drawn on the top edge: a failed job has no perplexity, but it was part of the sweep
         ax.scatter(failed, [0.97] * len(failed), transform=ax.get_xaxis_transform(), marker="x",
@@ -97,14 +104,15 @@ def plot_metric_by_key(jobs: list[Job], key: str, keys: list[str], out: Path, fl
             ax.xaxis.set_minor_locator(NullLocator())
     ax.margins(y=0.15)  # room on top for the failed markers
     ax.set_xlabel(key)
-    ax.set_ylabel("best validation perplexity (lower is better)")
-    ax.set_title(f"Best validation perplexity by {key}")
+    ax.set_ylabel(f"{name} (lower is better)")
+    ax.set_title(f"{name[0].upper()}{name[1:]} by {key}")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    return _save(fig, out / f"best_val_ppl_by_{_slug(key)}.png")
+    return _save(fig, out / f"{filename}_by_{_slug(key)}.png")
 
 
-def plot_val_curves(jobs: list[Job], keys: list[str], out: Path, floors: dict | None = None) -> Path | None:
+def plot_val_curves(jobs: list[Job], keys: list[str], out: Path, floors: dict | None = None,
+                    filename: str = "val_loss_curves.png", corpus: str = "") -> Path | None:
     curves = []
     for job in jobs:
         points = [(m["tokens"], m["val_loss"]) for m in job.metrics
@@ -146,12 +154,12 @@ def plot_val_curves(jobs: list[Job], keys: list[str], out: Path, floors: dict | 
     ax.xaxis.set_major_formatter(EngFormatter())
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation loss (nats/token)")
-    title = "Validation loss against training tokens"
+    title = "Validation loss against training tokens" + (f" ({corpus})" if corpus else "")
     ax.set_title(title + (f"; line style = {SEED_KEY} ({', '.join(map(str, seeds))})" if len(seeds) > 1 else ""))
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False,
               ncol=1 if max(map(len, arms)) > 50 else 2)
-    return _save(fig, out / "val_loss_curves.png")
+    return _save(fig, out / filename)
 
 
 def plot_arms(arms: dict[str, list[float]], baseline: str, out: Path, floors: dict | None = None,

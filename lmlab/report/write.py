@@ -121,8 +121,13 @@ def write_report(root: Path, out: Path | None = None, baseline: str | None = Non
     if any(curve is not None for curve in curves.values()):
         png.append(plots.plot_position_loss({arm: c for arm, c in curves.items() if c is not None}, out))
     lines += samples_section([row for _, rows in groups for row in rows])
-    png += [plots.plot_metric_by_key(jobs, key, keys, out, floors) for key in keys if key != SEED_KEY]
-    png.append(plots.plot_val_curves(jobs, keys, out, floors))
+    metric = "val_bpb" if len(groups) > 1 else "best_val_ppl"  # per token only within one tokenizer
+    png += [plots.plot_metric_by_key(jobs, key, keys, out, floors, metric) for key in keys if key != SEED_KEY]
+    for index, (corpus, rows) in enumerate(groups):  # nats/token: a plot per corpus and tokenizer
+        members = [job for job in jobs if job.corpus == corpus]
+        png.append(plots.plot_val_curves(members, keys, out, shared_floors(members),
+                                         f"val_loss_curves{f'_{index + 1}' if index else ''}.png",
+                                         corpus if len(groups) > 1 else ""))
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in png if p is not None]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
