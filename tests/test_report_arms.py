@@ -74,3 +74,14 @@ def test_nats_per_token_are_never_compared_across_tokenizers(tmp_path):
     # Plots by a swept key in bits/byte (comparable across tokenizers), validation curves per tokenizer.
     assert "(best_val_bpb_by_tokenizer.vocab_size.png)" in report and "best_val_ppl_by" not in report
     assert "(val_loss_curves.png)" in report and "(val_loss_curves_2.png)" in report
+
+
+def test_no_scaling_fit_across_tokenizers(tmp_path):
+    for num, (width, vocab) in enumerate([(64, 384), (96, 384), (128, 8192), (192, 8192)]):
+        job = _job(tmp_path, num, [f"model.d_model={width}", f"tokenizer.vocab_size={vocab}"],
+                   _done(60.0, math.exp(4.0 - num / 10), n_params_non_embedding=32 * width ** 2), [6.0])
+        config = {"data": {"name": "wikitext2"}, "tokenizer": {"kind": "bpe", "vocab_size": vocab}}
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    report = write_report(tmp_path).read_text()
+    assert "No fit: the jobs' nats/token are measured in several corpora or tokenizers" in report
+    assert "L(N) =" not in report

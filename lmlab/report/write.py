@@ -61,6 +61,17 @@ def _position_curve(members: list[Job]) -> list[float] | None:
     return list(np.where(count > 0, total / np.maximum(count, 1), np.nan))
 
 
+def compute_section(jobs: list[Job], keys: list[str], out: Path, floors: dict | None,
+                    n_corpora: int) -> tuple[list[str], Path | None]:
+    """The scaling fit where sizes are swept at one budget, the iso-FLOP section where budgets are."""
+    if BUDGET_KEY not in keys and not any(key in SIZE_KEYS for key in keys):
+        return [], None
+    if n_corpora > 1:
+        return ["## Loss against model size and compute", "", "No fit: the jobs' nats/token are measured in "
+                "several corpora or tokenizers, which one curve cannot compare.", ""], None
+    return isoflop_section(jobs, keys, out) if BUDGET_KEY in keys else scaling_section(jobs, keys, out, floors)
+
+
 def comparisons(jobs: list[Job], keys: list[str], baseline: str | None) -> list[tuple[str, list[Row]]]:
     """Per corpus and tokenizer: its arms, each at its chosen LR, against its baseline; the
     verdicts Holm-corrected over every arm of the report."""
@@ -108,14 +119,9 @@ def write_report(root: Path, out: Path | None = None, baseline: str | None = Non
         png.append(plots.plot_arms({row.arm.name: row.test.values for row in rows}, rows[0].arm.name, out, floors,
                                    f"test_loss_by_arm{f'_{index + 1}' if index else ''}.png"))
     floors = shared_floors(chosen)
-    if any(key in SIZE_KEYS for key in keys) and BUDGET_KEY not in keys:
-        section, scaling_png = scaling_section(chosen, keys, out, floors)
-        lines += section
-        png.append(scaling_png)
-    if BUDGET_KEY in keys:
-        section, isoflop_png = isoflop_section(chosen, keys, out)
-        lines += section
-        png.append(isoflop_png)
+    section, compute_png = compute_section(chosen, keys, out, floors, len(groups))
+    lines += section
+    png.append(compute_png)
     curves = {(f"{row.arm.name} ({corpus})" if len(groups) > 1 else row.arm.name): _position_curve(row.arm.chosen)
               for corpus, rows in groups for row in rows}
     if any(curve is not None for curve in curves.values()):
