@@ -93,3 +93,15 @@ def isoflop_section(jobs: list[Job], keys: list[str], out: Path) -> tuple[list[s
               "(`train.max_flops`). The best size run is the lowest mean test loss over seeds; the parabola's "
               "optimum interpolates between the sizes run (read it only where it falls inside them).", ""]
     return lines, plots.plot_isoflop(drawn, out) if drawn else None
+
+
+def compute_section(jobs: list[Job], keys: list[str], out: Path, floors: dict | None,
+                    n_corpora: int) -> tuple[list[str], Path | None]:
+    """The scaling fit where sizes are swept at one budget, the iso-FLOP section where budgets are;
+    neither across corpora or tokenizers (`n_corpora` > 1)."""
+    if BUDGET_KEY not in keys and not any(key in SIZE_KEYS for key in keys):
+        return [], None
+    if n_corpora > 1:
+        return ["## Loss against model size and compute", "", "No fit: the jobs' nats/token are measured in "
+                "several corpora or tokenizers, which one curve cannot compare.", ""], None
+    return isoflop_section(jobs, keys, out) if BUDGET_KEY in keys else scaling_section(jobs, keys, out, floors)

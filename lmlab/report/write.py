@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from lmlab.report import plots
-from lmlab.report.compute import BUDGET_KEY, SIZE_KEYS, isoflop_section, scaling_section
+from lmlab.report.compute import compute_section
 from lmlab.report.jobs import LR_KEY, SEED_KEY, Job, arms, baseline_arm, by_corpus, find_jobs, label, swept_keys
 from lmlab.report.sections import (Row, arms_section, cell, compare_arms, explanation, fmt, lr_section,
                                    shared_floors)
@@ -40,10 +40,10 @@ def samples_section(rows: list[Row]) -> list[str]:
         path = next((job.path / "samples.jsonl" for job in members if (job.path / "samples.jsonl").is_file()), None)
         if path is None:
             continue
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        last = max(row["step"] for row in rows)
-        lines += [f"| {cell(arm)} | {cell(repr(row['prompt']))} | {cell(repr(row['text']), 400)} |"
-                  for row in rows if row["step"] == last]
+        samples = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        last = max(sample["step"] for sample in samples)
+        lines += [f"| {cell(arm)} | {cell(repr(sample['prompt']))} | {cell(repr(sample['text']), 400)} |"
+                  for sample in samples if sample["step"] == last]
     return lines + [""] if len(lines) > 4 else []
 
 
@@ -59,17 +59,6 @@ def _position_curve(members: list[Job]) -> list[float] | None:
         total[:len(tokens)] += np.nan_to_num(np.asarray(s["position_loss"], dtype=float)) * tokens
         count[:len(tokens)] += tokens
     return list(np.where(count > 0, total / np.maximum(count, 1), np.nan))
-
-
-def compute_section(jobs: list[Job], keys: list[str], out: Path, floors: dict | None,
-                    n_corpora: int) -> tuple[list[str], Path | None]:
-    """The scaling fit where sizes are swept at one budget, the iso-FLOP section where budgets are."""
-    if BUDGET_KEY not in keys and not any(key in SIZE_KEYS for key in keys):
-        return [], None
-    if n_corpora > 1:
-        return ["## Loss against model size and compute", "", "No fit: the jobs' nats/token are measured in "
-                "several corpora or tokenizers, which one curve cannot compare.", ""], None
-    return isoflop_section(jobs, keys, out) if BUDGET_KEY in keys else scaling_section(jobs, keys, out, floors)
 
 
 def comparisons(jobs: list[Job], keys: list[str], baseline: str | None) -> list[tuple[str, list[Row]]]:
