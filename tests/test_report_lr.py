@@ -51,6 +51,9 @@ def test_each_arm_gets_its_best_lr_on_validation_and_test_only_there(tmp_path):
     assert "| variant=warmup | 0.001: 4.6000 (1), 0.002: 4.4000 (1), **0.004: 4.2000** (1) | 0.004 | " \
            "best at the grid's edge: extend the grid |" in report
     assert "| variant=baseline | 0.001: 4.5000 (1), **0.002: 4.3000** (1), 0.004: 4.4000 (1) | 0.002 |  |" in report
+    # The job table shows test only where it is reported: the baseline's LR 0.004 (best on test) shows none.
+    job_rows = [line for line in report.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split(" | ")[5] for row in job_rows[:3]] == ["(other LR)", f"{math.exp(4.35):.2f}", "(other LR)"]
 
 
 def test_stage2_commands_run_new_seeds_at_each_arms_lr_into_the_same_dir(tmp_path, capsys):

@@ -19,16 +19,18 @@ from lmlab.report.stage2 import write_stage2
 from lmlab.report.stats import after_holm
 
 
-def job_table(jobs: list[Job], keys: list[str]) -> list[str]:
+def job_table(jobs: list[Job], keys: list[str], tested: set[Path] | None = None) -> list[str]:
+    """A row per job; with an LR grid, test only for the jobs in `tested` (those at their arm's chosen LR)."""
     flops = any(job.summary.get("train_flops") is not None for job in jobs)
     lines = ["| # | overrides | n_params | tokens | " + "training FLOPs | " * flops
              + "best val ppl | test ppl | tokens/s | status |",
              "|---|---|---:|---:|" + "---:|" * flops + "---:|---:|---:|---|"]
     for job in jobs:
         s = job.summary
+        test = fmt(s.get("test_ppl"), ".2f") if tested is None or job.path in tested else "(other LR)"
         lines.append(f"| {job.num} | {cell(label(job, keys))} | {fmt(s.get('n_params'), ',')} | "
                      f"{fmt(job.tokens, ',')} | " + f"{fmt(s.get('train_flops'), '.3g')} | " * flops
-                     + f"{fmt(s.get('best_val_ppl'), '.2f')} | {fmt(s.get('test_ppl'), '.2f')} | "
+                     + f"{fmt(s.get('best_val_ppl'), '.2f')} | {test} | "
                      f"{fmt(s.get('tokens_per_s'), ',.0f')} | {cell(job.status, limit=100)} |")
     return lines
 
@@ -93,7 +95,10 @@ def write_report(root: Path, out: Path | None = None, baseline: str | None = Non
              + f"{len(jobs) - n_done - n_pruned} failed or unfinished.", ""]
     if common:
         lines += ["Common overrides: `" + " ".join(f"{k}={v}" for k, v in common.items()) + "`", ""]
-    lines += job_table(jobs, keys)
+    lines += job_table(jobs, keys, {job.path for _, rows in groups for row in rows for job in row.arm.chosen}
+                       if LR_KEY in keys else None)
+    if LR_KEY in keys:
+        lines += ["", "Test is shown only at each arm's chosen LR: the choice is made on validation alone."]
     if len(groups) > 1:
         lines += ["", f"The jobs were measured in {len(groups)} corpora or tokenizers. Nats/token are compared only "
                   "within one (a section each below); across them, compare the bits/byte column."]
