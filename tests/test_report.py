@@ -50,7 +50,7 @@ def test_report_rows_seed_means_failures_and_plots(tmp_path):
     # The arms: the baseline's two seeds give a mean and a spread; the warmup arm has no done seed.
     assert "| variant=baseline | 2/2 | 4.681 ± 0.052 | - | - | - | (baseline) | - |" in report
     assert "| variant=warmup | 0/2 | - | - | - | - | - | - |" in report
-    assert "No floor row" in report and "`variant=baseline`" in report.split("Short of 3 seeds")[1]
+    assert "No reference rows" in report and "`variant=baseline`" in report.split("Short of 3 seeds")[1]
     # One plot per swept factor (the seed is not a factor), the arms and the curves.
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["best_val_ppl_by_variant.png", "test_loss_by_arm.png",
                                                              "val_loss_curves.png"]
@@ -92,7 +92,7 @@ def _arm_job(root: Path, num: int, arm: str, seed: int, test_loss: float, sample
         (job_dir / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_arms_get_spreads_welch_verdicts_and_the_floor(tmp_path, capsys):
+def test_arms_get_spreads_paired_or_welch_verdicts_after_holm_and_the_floor(tmp_path, capsys):
     arms = {"baseline": [4.00, 4.02, 3.98], "warmup": [4.30, 4.31, 4.29], "ratio": [4.01, 3.97],
             "size": [3.5]}
     num = 0
@@ -104,9 +104,12 @@ def test_arms_get_spreads_welch_verdicts_and_the_floor(tmp_path, capsys):
     table = {line.split(" | ")[0][2:]: line for line in report.splitlines()
              if re.match(r"\| variant=\w+ \| \d/\d \|", line)}
     assert table["variant=baseline"] == ("| variant=baseline | 3/3 | 4.000 ± 0.020 | 8.0 ± 0.0 | 2.0000 ± 0.0100 "
-                                         "| - | (baseline) | 0.400 ± 0.020 |")
-    assert "| +0.300 [+0.258, +0.342] | yes (p = 0.0002) | 0.100 ± 0.010 |" in table["variant=warmup"]
-    assert " | no (p = " in table["variant=ratio"]
+                                         "| - | (baseline) | 0.400 ± 0.020 | Kneser-Ney bigram (every order) |")
+    # The same seeds: paired on the per-seed differences (0.30, 0.29, 0.31: SD 0.01, t quantile 4.303 for 2
+    # degrees of freedom gives +-0.0248); Holm multiplies the smaller of two p-values by 2.
+    assert ("| +0.300 [+0.275, +0.325] paired t | yes (p = 0.00037, Holm 0.00074) | 0.100 ± 0.010 |"
+            in table["variant=warmup"])
+    assert "Welch | no (p = 0.71, Holm 0.71) |" in table["variant=ratio"]  # seeds 0, 1 against 0, 1, 2
     assert "| 3.500 (1 seed) |" in table["variant=size"]
     assert "| -0.500 | cannot say: 1 seed has no spread |" in table["variant=size"]
     assert ("| Kneser-Ney bigram (the floor): counted on train, tuned on validation | - | 4.400 | 700.0 | 2.4200 "

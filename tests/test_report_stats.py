@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lmlab.report.scaling import FULL, POWER, fit_scaling
-from lmlab.report.stats import Spread, compare, needs_more_seeds
+from lmlab.report.stats import Spread, compare, document_bootstrap, holm, needs_more_seeds
 
 BASE = Spread([5.00, 5.02, 4.98])  # mean 5.00, SD 0.02
 
@@ -69,3 +69,53 @@ def test_without_an_identifiable_e_it_fits_a_power_law_and_says_why():
 
 def test_fewer_than_four_sizes_are_not_fitted():
     assert fit_scaling(SIZES[:6], np.linspace(5, 4, 6)) == "3 model sizes; fitting L(N) needs at least 4"
+
+
+def test_the_same_seeds_are_paired_and_other_seeds_get_welch():
+    seeds = ["0", "1", "2"]
+    base = Spread([5.00, 5.02, 4.98], seeds)
+    c = compare(Spread([5.30, 5.31, 5.29], seeds), base)
+    # By hand: per-seed differences 0.30, 0.31, 0.31 - 0.02 ... = (0.30, 0.29, 0.31): mean 0.30, SD 0.01,
+    # se 0.01 / sqrt(3); the 97.5% t quantile for 2 degrees of freedom is 4.303.
+    half = 4.303 * 0.01 / math.sqrt(3)
+    assert c.test == "paired t"
+    assert (c.low, c.high) == (pytest.approx(0.30 - half, abs=2e-4), pytest.approx(0.30 + half, abs=2e-4))
+    assert compare(Spread([5.30, 5.31, 5.29], ["0", "1", "3"]), base).test == "Welch"
+    assert compare(Spread([5.30, 5.31, 5.29]), base).test == "Welch"  # seeds unknown
+    same = compare(Spread([5.10, 5.12, 5.08], seeds), base)  # the same shift on every seed
+    assert same.low is None and "per-seed differences do not vary" in same.verdict
+
+
+def test_holm_on_known_p_values():
+    # By hand, m = 4: sorted 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> kept at 0.06.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1, never below an earlier one
+    assert holm([0.02]) == [0.02] and holm([]) == []
+
+
+def _documents(rng, n_docs: int, shift: float, seeds: int) -> tuple[list, list]:
+    """Per-seed (doc_nll, doc_tokens) of two arms over one draw of documents from a population in which
+    the arm's loss per token is the baseline's plus `shift` (plus per-document noise with mean 0)."""
+    tokens = rng.integers(20, 400, n_docs)
+    rate = rng.normal(4.0, 0.5, n_docs)
+    arm_rate = rate + shift + rng.normal(0, 0.3, n_docs)
+    per_seed = lambda r: [((r + rng.normal(0, 0.05, n_docs)) * tokens, tokens) for _ in range(seeds)]  # noqa: E731
+    return per_seed(arm_rate), per_seed(rate)
+
+
+def test_the_document_bootstrap_covers_the_true_difference_at_about_its_level():
+    rng, shift, replications = np.random.default_rng(1), 0.1, 200
+    covered = 0
+    for _ in range(replications):
+        arm, base = _documents(rng, n_docs=100, shift=shift, seeds=2)
+        low, high = document_bootstrap(arm, base, draws=1000)
+        covered += low <= shift <= high
+    # 95% nominal: 190 of 200 expected, binomial SD 3.1; allow about 3 SD either side.
+    assert 180 <= covered <= 199, covered
+
+
+def test_the_document_bootstrap_is_reproducible_and_needs_the_same_documents():
+    arm, base = _documents(np.random.default_rng(0), n_docs=30, shift=0.1, seeds=1)
+    assert document_bootstrap(arm, base) == document_bootstrap(arm, base)
+    short = [(arm[0][0][:29], arm[0][1][:29])]
+    assert "different numbers of test documents (29, 30)" in document_bootstrap(short, base)

@@ -1,14 +1,19 @@
-"""The jobs of a sweep dir (or a folder of runs), read from their files: overrides, summary, metrics.
-Groups them into arms: the jobs whose swept values agree on everything but the seed."""
+"""The jobs of a sweep dir (or a folder of runs), read from their files: overrides, summary, metrics,
+test scores. Groups them into arms: the jobs whose swept values agree exactly on everything but the
+seed (and the learning rate, where a grid of it is swept: select.py picks each arm's), and into
+corpora: nats/token are compared only among jobs of one corpus and tokenizer."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import yaml
 
 SEED_KEY = "train.seed"
+LR_KEY = "schedule.peak_lr"
+ALL_JOBS = "all jobs"  # the one arm of a sweep that varies nothing but the seed (and the LR)
 
 
 @dataclass
@@ -18,6 +23,28 @@ class Job:
     overrides: dict[str, str]  # key (without Hydra's +) -> value, as typed
     summary: dict = field(default_factory=dict)
     metrics: list[dict] = field(default_factory=list)
+    config: dict = field(default_factory=dict)  # .hydra/config.yaml: the job's composed config
+
+    @property
+    def seed(self) -> str | None:
+        return self.overrides.get(SEED_KEY, str(self.config.get("train", {}).get("seed", "")) or None)
+
+    @cached_property
+    def test_scores(self) -> dict | None:
+        """test_scores.json: per-document test losses and the loss by window position; None if absent."""
+        path = self.path / "test_scores.json"
+        return json.loads(path.read_text()) if self.done and path.is_file() else None
+
+    @property
+    def corpus(self) -> str:
+        """The data and tokenizer the job's nats/token are measured in ("" where its files do not say)."""
+        data, tok = self.config.get("data"), self.config.get("tokenizer")
+        if data and tok:
+            source = data.get("local_dir") or data.get("hub_id") or ""
+            return (f"data {data.get('name', '?')}" + (f" ({source})" if source else "")
+                    + f", tokenizer {tok.get('kind', '?')} {tok.get('vocab_size', '')}".rstrip())
+        keys = [key for key in self.overrides if key.split(".")[0] in ("data", "tokenizer") and key != "data.cache_dir"]
+        return ", ".join(f"{key}={self.overrides[key]}" for key in keys)
 
     @property
     def status(self) -> str:
@@ -30,6 +57,11 @@ class Job:
     @property
     def done(self) -> bool:
         return self.summary.get("status") == "done"
+
+    @property
+    def pruned(self) -> bool:
+        """Stopped early by a sweeper's pruner (Optuna): neither done nor a failure."""
+        return self.summary.get("status") == "pruned"
 
     @property
     def tokens(self) -> int | None:
@@ -64,7 +96,9 @@ def load_job(job_dir: Path) -> Job:
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     metrics = ([json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
                if metrics_path.exists() else [])
-    return Job(job_dir, _job_num(job_dir), _read_overrides(job_dir), summary, metrics)
+    config_path = job_dir / ".hydra" / "config.yaml"
+    config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.exists() else {}
+    return Job(job_dir, _job_num(job_dir), _read_overrides(job_dir), summary, metrics, config)
 
 
 def find_jobs(root: Path) -> list[Job]:
@@ -79,10 +113,19 @@ def find_jobs(root: Path) -> list[Job]:
     return jobs
 
 
+def exact(value: str | None):
+    """A swept value as a grouping key: its number where it is one (1e-3 and 0.001 are one value,
+    10240000 and 10200000 two), else its text."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
 def swept_keys(jobs: list[Job]) -> list[str]:
     """Override keys whose value is not the same in every job, in first-seen order."""
     keys = list(dict.fromkeys(key for job in jobs for key in job.overrides))
-    return [key for key in keys if len({job.overrides.get(key) for job in jobs}) > 1]
+    return [key for key in keys if len({exact(job.overrides.get(key)) for job in jobs}) > 1]
 
 
 def short(value: str) -> str:
@@ -93,19 +136,33 @@ def short(value: str) -> str:
     return str(int(number)) if number.is_integer() and abs(number) < 1e6 else f"{number:.3g}"
 
 
-def label(job: Job, keys: list[str]) -> str:
-    return ", ".join(f"{key}={short(job.overrides.get(key, '-'))}" for key in keys) or job.path.name
+def label(job: Job, keys: list[str], rounded: bool = True) -> str:
+    values = (job.overrides.get(key, "-") for key in keys)
+    return ", ".join(f"{key}={short(v) if rounded else v}" for key, v in zip(keys, values)) or job.path.name
 
 
 def arm_keys(keys: list[str]) -> list[str]:
-    return [key for key in keys if key != SEED_KEY]
+    return [key for key in keys if key not in (SEED_KEY, LR_KEY)]
 
 
 def arms(jobs: list[Job], keys: list[str]) -> dict[str, list[Job]]:
-    """Jobs by arm (their swept values other than the seed), arms in launch order."""
+    """Jobs by arm (their exact swept values other than the seed and the LR), arms in launch order,
+    each named by its rounded values, or by the values as typed where rounding would merge two."""
+    grouped: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        grouped.setdefault(tuple(exact(job.overrides.get(key)) for key in arm_keys(keys)), []).append(job)
+    if not arm_keys(keys):
+        return {ALL_JOBS: jobs} if jobs else {}
+    rounded = [label(members[0], arm_keys(keys)) for members in grouped.values()]
+    return {name if rounded.count(name) == 1 else label(members[0], arm_keys(keys), rounded=False): members
+            for name, members in zip(rounded, grouped.values())}
+
+
+def by_corpus(jobs: list[Job]) -> dict[str, list[Job]]:
+    """Jobs by the data and tokenizer they were measured in, in launch order."""
     grouped: dict[str, list[Job]] = {}
     for job in jobs:
-        grouped.setdefault(label(job, arm_keys(keys)), []).append(job)
+        grouped.setdefault(job.corpus, []).append(job)
     return grouped
 
 

@@ -14,12 +14,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import EngFormatter, NullLocator  # noqa: E402
 
-from lmlab.report.jobs import SEED_KEY, Job, arm_keys, label, short  # noqa: E402
+from lmlab.report import references  # noqa: E402
+from lmlab.report.jobs import ALL_JOBS, SEED_KEY, Job, label, short  # noqa: E402
 from lmlab.report.scaling import ScalingFit  # noqa: E402
 from lmlab.report.stats import LEVEL  # noqa: E402
 
-FLOOR_NAMES = {"unigram": "unigram", "interpolated_bigram": "interpolated bigram",
-               "kneser_ney_bigram": "Kneser-Ney bigram"}
 
 
 def _slug(key: str) -> str:
@@ -27,16 +26,16 @@ def _slug(key: str) -> str:
 
 
 def _floor_lines(ax, floors: dict | None, metric: str, low: float, high: float, vertical: bool = False) -> list[float]:
-    """The bigram floors as dashed lines where they fall within [low, high] (the unigram, far
+    """The n-gram references as dashed lines where they fall within [low, high] (the unigram, far
     above every curve, would only squash them); returns the values drawn."""
     drawn = []
-    for name in ("interpolated_bigram", "kneser_ney_bigram"):
-        value = (floors or {}).get(name, {}).get(metric)
-        if value is not None and low <= value <= high:
-            is_floor = floors["floor"] == name
+    for key, entry in references.entries(floors):
+        value = entry.get(metric)
+        if references.order(key, entry) >= 2 and value is not None and low <= value <= high:
+            is_floor = floors["floor"] == key
             (ax.axvline if vertical else ax.axhline)(
                 value, color="0.2" if is_floor else "0.6", linestyle="--" if is_floor else ":", linewidth=1.2,
-                label=FLOOR_NAMES[name] + (" (the floor)" if is_floor else ""))
+                label=references.name(key) + (" (the floor)" if is_floor else ""))
             drawn.append(value)
     return drawn
 
@@ -60,14 +59,21 @@ def _positions(values: list[str]) -> tuple[list[float], bool, list[str]]:
     return numbers, positive and max(numbers) / min(numbers) >= 8, []
 
 
-def plot_metric_by_key(jobs: list[Job], key: str, keys: list[str], out: Path, floors: dict | None = None) -> Path:
+# What plot_metric_by_key can draw: summary key -> (axis name, the floors' key, file name). Perplexity
+# is per token, so jobs of several tokenizers are drawn in bits/byte.
+BY_KEY = {"best_val_ppl": ("best validation perplexity", "val_ppl", "best_val_ppl"),
+          "val_bpb": ("best validation bits/byte", "val_bpb", "best_val_bpb")}
+
+
+def plot_metric_by_key(jobs: list[Job], key: str, keys: list[str], out: Path, floors: dict | None = None,
+                       metric: str = "best_val_ppl") -> Path:
+    name, floor_metric, filename = BY_KEY[metric]
     values = [job.overrides.get(key, "-") for job in jobs]
     xs, log_x, categories = _positions(values)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    done = [(x, job.summary["best_val_ppl"]) for x, job in zip(xs, jobs)
-            if job.done and job.summary.get("best_val_ppl") is not None]
+    done = [(x, job.summary[metric]) for x, job in zip(xs, jobs) if job.done and job.summary.get(metric) is not None]
     ax.scatter([x for x, _ in done], [y for _, y in done], s=36, color="tab:blue", zorder=3, label="job")
-    alone = arm_keys(keys) == [key]
+    alone = [k for k in keys if k != SEED_KEY] == [key]
     if alone and done:  # the only factor (seeds aside): join the means so the trend reads at a glance
         by_x: dict[float, list[float]] = {}
         for x, y in done:
@@ -77,7 +83,7 @@ def plot_metric_by_key(jobs: list[Job], key: str, keys: list[str], out: Path, fl
                 label="mean over seeds" if SEED_KEY in keys else None)
     if done:  # the floors' validation perplexity, near enough to the jobs to share their axis
         ys = [y for _, y in done]
-        _floor_lines(ax, floors, "val_ppl", min(ys) / 1.5, max(ys) * 1.5)
+        _floor_lines(ax, floors, floor_metric, min(ys) / 1.5, max(ys) * 1.5)
     failed = [x for x, job in zip(xs, jobs) if not job.done]
     if failed:  # drawn on the top edge: a failed job has no perplexity, but it was part of the sweep
         ax.scatter(failed, [0.97] * len(failed), transform=ax.get_xaxis_transform(), marker="x",
@@ -98,14 +104,15 @@ def plot_metric_by_key(jobs: list[Job], key: str, keys: list[str], out: Path, fl
             ax.xaxis.set_minor_locator(NullLocator())
     ax.margins(y=0.15)  # room on top for the failed markers
     ax.set_xlabel(key)
-    ax.set_ylabel("best validation perplexity (lower is better)")
-    ax.set_title(f"Best validation perplexity by {key}")
+    ax.set_ylabel(f"{name} (lower is better)")
+    ax.set_title(f"{name[0].upper()}{name[1:]} by {key}")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    return _save(fig, out / f"best_val_ppl_by_{_slug(key)}.png")
+    return _save(fig, out / f"{filename}_by_{_slug(key)}.png")
 
 
-def plot_val_curves(jobs: list[Job], keys: list[str], out: Path, floors: dict | None = None) -> Path | None:
+def plot_val_curves(jobs: list[Job], keys: list[str], out: Path, floors: dict | None = None,
+                    filename: str = "val_loss_curves.png", corpus: str = "") -> Path | None:
     curves = []
     for job in jobs:
         points = [(m["tokens"], m["val_loss"]) for m in job.metrics
@@ -114,7 +121,9 @@ def plot_val_curves(jobs: list[Job], keys: list[str], out: Path, floors: dict | 
             curves.append((job, points))
     if not curves:
         return None
-    arms = list(dict.fromkeys(label(job, arm_keys(keys)) for job, _ in curves))
+    varied = [key for key in keys if key != SEED_KEY]  # the LR too: each LR of a grid its own curve
+    name_of = {id(job): label(job, varied) if varied else ALL_JOBS for job, _ in curves}
+    arms = list(dict.fromkeys(name_of.values()))
     seeds = list(dict.fromkeys(job.overrides.get(SEED_KEY) for job, _ in curves))
     colors = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20")
     styles = ["-", "--", ":", "-."]
@@ -123,7 +132,7 @@ def plot_val_curves(jobs: list[Job], keys: list[str], out: Path, floors: dict | 
     fig, ax = plt.subplots(figsize=(10, 5 + 0.22 * legend_rows))
     labelled = set()
     for job, points in curves:
-        arm = label(job, arm_keys(keys))
+        arm = name_of[id(job)]
         name = arm if len(arms) <= 10 else f"#{job.num}"  # many arms (a search): the table has the values
         line_label = None if arm in labelled else name + ("" if job.done else " (failed)")
         labelled.add(arm)
@@ -145,15 +154,16 @@ def plot_val_curves(jobs: list[Job], keys: list[str], out: Path, floors: dict | 
     ax.xaxis.set_major_formatter(EngFormatter())
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation loss (nats/token)")
-    title = "Validation loss against training tokens"
+    title = "Validation loss against training tokens" + (f" ({corpus})" if corpus else "")
     ax.set_title(title + (f"; line style = {SEED_KEY} ({', '.join(map(str, seeds))})" if len(seeds) > 1 else ""))
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False,
               ncol=1 if max(map(len, arms)) > 50 else 2)
-    return _save(fig, out / "val_loss_curves.png")
+    return _save(fig, out / filename)
 
 
-def plot_arms(arms: dict[str, list[float]], baseline: str, out: Path, floors: dict | None = None) -> Path:
+def plot_arms(arms: dict[str, list[float]], baseline: str, out: Path, floors: dict | None = None,
+              filename: str = "test_loss_by_arm.png") -> Path:
     """Test loss by arm: each seed a dot, the mean and its +-1 SD bar, the floors as lines."""
     names = list(arms)
     fig, ax = plt.subplots(figsize=(8, 1.6 + 0.42 * len(names)))
@@ -175,7 +185,7 @@ def plot_arms(arms: dict[str, list[float]], baseline: str, out: Path, floors: di
     ax.grid(True, axis="x", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=8)
-    return _save(fig, out / "test_loss_by_arm.png")
+    return _save(fig, out / filename)
 
 
 def plot_scaling(n_params: list[float], losses: list[float], fit: ScalingFit, out: Path,
@@ -199,3 +209,42 @@ def plot_scaling(n_params: list[float], losses: list[float], fit: ScalingFit, ou
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return _save(fig, out / "scaling_fit.png")
+
+
+def plot_isoflop(budgets: dict[str, tuple[dict[float, float], tuple | None]], out: Path) -> Path:
+    """Mean test loss against size, one curve per FLOPs budget, with each fitted parabola (in ln N)
+    and its optimum (compute.parabola_optimum's (N*, loss, parabola))."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.get_cmap("viridis")
+    for i, (budget, (by_size, optimum)) in enumerate(budgets.items()):
+        color = colors(0.85 * i / max(1, len(budgets) - 1))  # viridis' last yellow is too faint
+        ax.plot(list(by_size), list(by_size.values()), marker="o", color=color, label=f"{budget} FLOPs")
+        if optimum is not None:
+            sizes = np.geomspace(min(by_size), max(by_size), 50)
+            ax.plot(sizes, optimum[2](np.log(sizes)), color=color, alpha=0.4, linestyle="--")
+            ax.scatter([optimum[0]], [optimum[1]], marker="*", s=120, color=color, zorder=4)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(EngFormatter())
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel("mean test loss (nats/token)")
+    ax.set_title("Iso-FLOP curves: loss against size at each budget (star: parabola's optimum)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, out / "isoflop.png")
+
+
+def plot_position_loss(curves: dict[str, list[float]], out: Path) -> Path:
+    """Mean test loss at each position of the scoring window, one line per arm: a longer context
+    is used where its curve keeps falling past the shorter windows' length."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colors = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
+    for i, (arm, losses) in enumerate(curves.items()):
+        ax.plot(range(1, len(losses) + 1), losses, color=colors(i % colors.N), linewidth=1.2, label=arm)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(EngFormatter())
+    ax.set_xlabel("position in the window (tokens of context + 1)")
+    ax.set_ylabel("mean test loss (nats/token)")
+    ax.set_title("Test loss by position in the window (mean over seeds)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, out / "loss_by_position.png")

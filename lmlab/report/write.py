@@ -1,161 +1,82 @@
-"""report.md: the job table, the arms against the baseline and the floor, the scaling fit, the
-last samples of each arm, and the plots."""
+"""report.md: the job table, the arms (each at its chosen LR) against the baseline and the n-gram
+references, the LR grid, compute (scaling fit, iso-FLOP), the last samples of each arm, and the plots."""
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from lmlab.report import plots
-from lmlab.report.jobs import SEED_KEY, Job, arm_keys, arms, baseline_arm, find_jobs, label, swept_keys
-from lmlab.report.scaling import fit_scaling
-from lmlab.report.stats import LEVEL, Spread, compare, needs_more_seeds
-
-METRICS = {"test_loss": ("test nats/token", ".3f"), "test_word_ppl": ("test word ppl", ".1f"),
-           "test_bpb": ("test bits/byte", ".4f")}
-# Sweeping these changes the model's size (the `model` group changes its context too, which the
-# fit's section says).
-SIZE_KEYS = ("model", "model.d_model", "model.n_layers", "model.n_heads", "model.d_ff_ratio")
+from lmlab.report.compute import compute_section
+from lmlab.report.jobs import LR_KEY, SEED_KEY, Job, arms, baseline_arm, by_corpus, find_jobs, label, swept_keys
+from lmlab.report.sections import (Row, arms_section, cell, compare_arms, explanation, fmt, lr_section,
+                                   shared_floors)
+from lmlab.report.select import choose
+from lmlab.report.stage2 import write_stage2
+from lmlab.report.stats import after_holm
 
 
-def _fmt(value, spec: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return format(value, spec)
-
-
-def _cell(text: str, limit: int = 200) -> str:
-    text = text.replace("\n", " ")
-    text = text if len(text) <= limit else text[:limit - 3] + "..."  # the full text is in summary.json
-    return text.replace("|", "\\|")
-
-
-def _spread_cell(spread: Spread, spec: str) -> str:
-    if not spread.n:
-        return "-"
-    return f"{spread.mean:{spec}}" + (f" ± {spread.sd:{spec}}" if spread.sd is not None else " (1 seed)")
-
-
-def job_table(jobs: list[Job], keys: list[str]) -> list[str]:
-    lines = ["| # | overrides | n_params | tokens | best val ppl | test ppl | tokens/s | status |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+def job_table(jobs: list[Job], keys: list[str], tested: set[Path] | None = None) -> list[str]:
+    """A row per job; with an LR grid, test only for the jobs in `tested` (those at their arm's chosen LR)."""
+    flops = any(job.summary.get("train_flops") is not None for job in jobs)
+    lines = ["| # | overrides | n_params | tokens | " + "training FLOPs | " * flops
+             + "best val ppl | test ppl | tokens/s | status |",
+             "|---|---|---:|---:|" + "---:|" * flops + "---:|---:|---:|---|"]
     for job in jobs:
         s = job.summary
-        lines.append(f"| {job.num} | {_cell(label(job, keys))} | {_fmt(s.get('n_params'), ',')} | "
-                     f"{_fmt(job.tokens, ',')} | {_fmt(s.get('best_val_ppl'), '.2f')} | "
-                     f"{_fmt(s.get('test_ppl'), '.2f')} | {_fmt(s.get('tokens_per_s'), ',.0f')} | "
-                     f"{_cell(job.status, limit=100)} |")
+        test = fmt(s.get("test_ppl"), ".2f") if tested is None or job.path in tested else "(other LR)"
+        lines.append(f"| {job.num} | {cell(label(job, keys))} | {fmt(s.get('n_params'), ',')} | "
+                     f"{fmt(job.tokens, ',')} | " + f"{fmt(s.get('train_flops'), '.3g')} | " * flops
+                     + f"{fmt(s.get('best_val_ppl'), '.2f')} | {test} | "
+                     f"{fmt(s.get('tokens_per_s'), ',.0f')} | {cell(job.status, limit=100)} |")
     return lines
 
 
-def _spread(members: list[Job], metric: str) -> Spread:
-    return Spread([job.summary[metric] for job in members if job.done and job.summary.get(metric) is not None])
-
-
-def shared_floors(jobs: list[Job]) -> dict | None:
-    """The floors every done job shares (one tokenizer, one corpus), else None."""
-    distinct = {json.dumps(job.summary["floors"], sort_keys=True) for job in jobs
-                if job.done and job.summary.get("floors")}
-    return json.loads(distinct.pop()) if len(distinct) == 1 else None
-
-
-def arms_section(groups: dict[str, list[Job]], baseline: str, floors: dict | None) -> list[str]:
-    base = _spread(groups[baseline], "test_loss")
-    lines = [f"Baseline: `{baseline}`. Each cell is the mean ± the sample standard deviation over the arm's "
-             f"done seeds (one seed: no spread, shown as such). Δ is the arm's mean test loss minus the "
-             f"baseline's, with Welch's {LEVEL:.0%} confidence interval; distinguishable = the interval "
-             "excludes 0 (Welch's t-test, which does not assume equal spreads and widens the interval as "
-             "far as 2 or 3 seeds demand). Below the floor = the better bigram's test loss minus the arm's "
-             "(positive: the model learned more than bigram statistics).", "",
-             "| arm | seeds done | " + " | ".join(name for name, _ in METRICS.values())
-             + f" | Δ nats/token vs baseline [{LEVEL:.0%} CI] | distinguishable? | below the floor by (nats/token) |",
-             "|---|---:|" + "---:|" * len(METRICS) + "---:|---|---:|"]
-    more_seeds = []
-    for arm in [baseline, *(name for name in groups if name != baseline)]:  # the baseline first
-        members = groups[arm]
-        losses = _spread(members, "test_loss")
-        cells = [_spread_cell(_spread(members, metric), spec) for metric, (_, spec) in METRICS.items()]
-        margins = Spread([job.floor["test_loss"] - job.summary["test_loss"] for job in members
-                          if job.done and job.floor and job.summary.get("test_loss") is not None])
-        if arm == baseline or not losses.n or not base.n:
-            delta, verdict = "-", "(baseline)" if arm == baseline else "-"
-        else:
-            c = compare(losses, base)
-            delta = f"{c.diff:+.3f}" + (f" [{c.low:+.3f}, {c.high:+.3f}]" if c.low is not None else "")
-            verdict = c.verdict
-            if needs_more_seeds(losses, base):
-                more_seeds.append(arm)
-        done = sum(job.done for job in members)
-        lines.append(f"| {_cell(arm)} | {done}/{len(members)} | " + " | ".join(cells)
-                     + f" | {delta} | {verdict} | {_spread_cell(margins, '.3f')} |")
-    if floors:
-        for name in ("unigram", "interpolated_bigram", "kneser_ney_bigram"):
-            f = floors[name]
-            delta = f"{f['test_loss'] - base.mean:+.3f}" if base.n else "-"
-            cells = [_fmt(f.get(metric), spec) for metric, (_, spec) in METRICS.items()]
-            tag = " (the floor)" if name == floors["floor"] else ""
-            lines.append(f"| {plots.FLOOR_NAMES[name]}{tag}: counted on train, tuned on validation | - | "
-                         + " | ".join(cells) + f" | {delta} | - | - |")
-    lines.append("")
-    if floors and base.n:
-        margin = floors[floors["floor"]]["test_loss"] - base.mean
-        spread = (f"{margin / base.sd:.0f} x its seed spread, SD {base.sd:.4f} over {base.n} seeds" if base.sd
-                  else "1 seed, no spread to compare the margin with")
-        name = plots.FLOOR_NAMES[floors["floor"]]
-        verdict = (f"beats the floor ({name}) on test by {margin:.3f} nats/token" if margin > 0 else
-                   f"does not beat the floor ({name}): it is {-margin:.3f} nats/token above it on test")
-        lines += [f"The baseline {verdict} ({spread}).", ""]
-    elif not floors:
-        lines += ["No floor row: the done jobs carry no `floors` in summary.json, or differ in tokenizer or data.", ""]
-    if more_seeds or base.n < 3:
-        lines += ["Short of 3 seeds, which the baseline needs, and every arm within twice the larger spread of "
-                  "it or without a spread to judge by: "
-                  + ", ".join(f"`{a}`" for a in ([baseline] if base.n < 3 else []) + more_seeds) + ".", ""]
-    return lines
-
-
-def scaling_section(jobs: list[Job], keys: list[str], out: Path, floors: dict | None) -> tuple[list[str], Path | None]:
-    lines = ["## Scaling: loss against model size", ""]
-    others = [key for key in arm_keys(keys) if key not in SIZE_KEYS]
-    if others:
-        return lines + [f"No fit: the sweep varies {', '.join(others)} besides the model's size.", ""], None
-    points = [(job.summary["n_params_non_embedding"], job.summary["test_loss"]) for job in jobs
-              if job.done and job.summary.get("n_params_non_embedding") and job.summary.get("test_loss") is not None]
-    tokens = [job.tokens for job in jobs if job.done and job.tokens]
-    if tokens and max(tokens) > 1.01 * min(tokens):
-        return lines + [f"No fit: the jobs saw {min(tokens):,} to {max(tokens):,} training tokens, not one budget.",
-                        ""], None
-    fit = fit_scaling(*zip(*points)) if points else "no job is done"
-    if isinstance(fit, str):
-        return lines + [f"No fit: {fit}.", ""], None
-    params = ", ".join(f"{name} = {value:.4g} ± {fit.errors[name]:.2g}" for name, value in fit.params.items())
-    lines += [f"L(N) = {fit.form} over non-embedding parameters N (in millions), test loss of {fit.n_points} "
-              f"runs at {len(fit.sizes)} sizes ({', '.join(f'{n:,.0f}' for n in fit.sizes)}) and "
-              f"{min(tokens):,} training tokens each: {params} (± one standard error).", ""]
-    if fit.note:
-        lines += [fit.note + ".", ""]
-    if "model" in keys:
-        lines += ["The `model` group sets each model's context length too, so the fit mixes its effect in.", ""]
-    lines += [f"Extrapolated to the next size, N = {fit.next_n:,.0f} (the sweep's geometric step past its "
-              f"largest): {fit.prediction:.3f} nats/token, {LEVEL:.0%} prediction interval for one run "
-              f"[{fit.low:.3f}, {fit.high:.3f}].", ""]
-    return lines, plots.plot_scaling(*zip(*points), fit, out, floors)
-
-
-def samples_section(groups: dict[str, list[Job]]) -> list[str]:
+def samples_section(rows: list[Row]) -> list[str]:
     """Each arm's text at its last evaluation (first seed's run), from samples.jsonl."""
     lines = ["## Samples at the last evaluation", "", "| arm | prompt | continuation |", "|---|---|---|"]
-    for arm, members in groups.items():
+    for arm, members in ((row.arm.name, row.arm.chosen) for row in rows):
         path = next((job.path / "samples.jsonl" for job in members if (job.path / "samples.jsonl").is_file()), None)
         if path is None:
             continue
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        last = max(row["step"] for row in rows)
-        lines += [f"| {_cell(arm)} | {_cell(repr(row['prompt']))} | {_cell(repr(row['text']), 400)} |"
-                  for row in rows if row["step"] == last]
+        samples = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        last = max(sample["step"] for sample in samples)
+        lines += [f"| {cell(arm)} | {cell(repr(sample['prompt']))} | {cell(repr(sample['text']), 400)} |"
+                  for sample in samples if sample["step"] == last]
     return lines + [""] if len(lines) > 4 else []
+
+
+def _position_curve(members: list[Job]) -> list[float] | None:
+    """Test loss at each window position, over the arm's done seeds (weighted by targets scored)."""
+    scores = [job.test_scores for job in members if job.done and job.test_scores]
+    if not scores:
+        return None
+    length = max(len(s["position_loss"]) for s in scores)
+    total, count = np.zeros(length), np.zeros(length)
+    for s in scores:
+        tokens = np.asarray(s["position_tokens"], dtype=float)
+        total[:len(tokens)] += np.nan_to_num(np.asarray(s["position_loss"], dtype=float)) * tokens
+        count[:len(tokens)] += tokens
+    return list(np.where(count > 0, total / np.maximum(count, 1), np.nan))
+
+
+def comparisons(jobs: list[Job], keys: list[str], baseline: str | None) -> list[tuple[str, list[Row]]]:
+    """Per corpus and tokenizer: its arms, each at its chosen LR, against its baseline; the
+    verdicts Holm-corrected over every arm of the report."""
+    corpora = {corpus: arms(members, keys) for corpus, members in by_corpus(jobs).items()}
+    if baseline is not None and not any(baseline in named for named in corpora.values()):
+        names = [name for named in corpora.values() for name in named]
+        raise ValueError(f"--baseline {baseline!r} is not an arm; the arms are: {'; '.join(names)}")
+    groups = []
+    for corpus, named in corpora.items():
+        base = baseline_arm(named, keys, baseline if baseline in named else None)
+        groups.append((corpus, compare_arms([choose(name, members, LR_KEY in keys) for name, members in named.items()],
+                                            base)))
+    after_holm([row.comparison for _, rows in groups for row in rows if row.comparison])
+    return groups
 
 
 def write_report(root: Path, out: Path | None = None, baseline: str | None = None) -> Path:
@@ -167,25 +88,46 @@ def write_report(root: Path, out: Path | None = None, baseline: str | None = Non
     out.mkdir(parents=True, exist_ok=True)
     keys = swept_keys(jobs)
     common = {k: v for k, v in jobs[0].overrides.items() if k not in keys and all(k in j.overrides for j in jobs)}
-    n_done = sum(job.done for job in jobs)
-    floors = shared_floors(jobs)
-    groups = arms(jobs, keys)
-    base = baseline_arm(groups, keys, baseline)
-    lines = [f"# Report: {root}", "",
-             f"{len(jobs)} jobs: {n_done} done, {len(jobs) - n_done} failed or unfinished.", ""]
+    n_done, n_pruned = sum(job.done for job in jobs), sum(job.pruned for job in jobs)
+    groups = comparisons(jobs, keys, baseline)
+    lines = [f"# Report: {root}", "", f"{len(jobs)} jobs: {n_done} done, "
+             + (f"{n_pruned} pruned (stopped early by the sweeper), " if n_pruned else "")
+             + f"{len(jobs) - n_done - n_pruned} failed or unfinished.", ""]
     if common:
         lines += ["Common overrides: `" + " ".join(f"{k}={v}" for k, v in common.items()) + "`", ""]
-    lines += job_table(jobs, keys)
-    lines += ["", "## Arms against the baseline and the floor", ""] + arms_section(groups, base, floors)
-    png = [plots.plot_arms({arm: _spread(members, "test_loss").values for arm, members in groups.items()},
-                           base, out, floors)]
-    if any(key in SIZE_KEYS for key in keys):
-        section, scaling_png = scaling_section(jobs, keys, out, floors)
-        lines += section
-        png.append(scaling_png)
-    lines += samples_section(groups)
-    png += [plots.plot_metric_by_key(jobs, key, keys, out, floors) for key in keys if key != SEED_KEY]
-    png.append(plots.plot_val_curves(jobs, keys, out, floors))
+    lines += job_table(jobs, keys, {job.path for _, rows in groups for row in rows for job in row.arm.chosen}
+                       if LR_KEY in keys else None)
+    if LR_KEY in keys:
+        lines += ["", "Test is shown only at each arm's chosen LR: the choice is made on validation alone."]
+    if len(groups) > 1:
+        lines += ["", f"The jobs were measured in {len(groups)} corpora or tokenizers. Nats/token are compared only "
+                  "within one (a section each below); across them, compare the bits/byte column."]
+    png, chosen = [], []
+    for index, (corpus, rows) in enumerate(groups):
+        members = [job for row in rows for job in row.arm.chosen]
+        chosen += members
+        floors = shared_floors(members)
+        lines += ["", "## Arms against the baseline and the floor" + (f": {corpus}" if len(groups) > 1 else ""), ""]
+        lines += explanation(rows[0].arm.name) + arms_section(rows, floors)
+        lines += lr_section(rows) if any(row.arm.grid for row in rows) else []
+        png.append(plots.plot_arms({row.arm.name: row.test.values for row in rows}, rows[0].arm.name, out, floors,
+                                   f"test_loss_by_arm{f'_{index + 1}' if index else ''}.png"))
+    floors = shared_floors(chosen)
+    section, compute_png = compute_section(chosen, keys, out, floors, len(groups))
+    lines += section
+    png.append(compute_png)
+    curves = {(f"{row.arm.name} ({corpus})" if len(groups) > 1 else row.arm.name): _position_curve(row.arm.chosen)
+              for corpus, rows in groups for row in rows}
+    if any(curve is not None for curve in curves.values()):
+        png.append(plots.plot_position_loss({arm: c for arm, c in curves.items() if c is not None}, out))
+    lines += samples_section([row for _, rows in groups for row in rows])
+    metric = "val_bpb" if len(groups) > 1 else "best_val_ppl"  # per token only within one tokenizer
+    png += [plots.plot_metric_by_key(jobs, key, keys, out, floors, metric) for key in keys if key != SEED_KEY]
+    for index, (corpus, rows) in enumerate(groups):  # nats/token: a plot per corpus and tokenizer
+        members = [job for job in jobs if job.corpus == corpus]
+        png.append(plots.plot_val_curves(members, keys, out, shared_floors(members),
+                                         f"val_loss_curves{f'_{index + 1}' if index else ''}.png",
+                                         corpus if len(groups) > 1 else ""))
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in png if p is not None]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -200,8 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default=None,
                         help="the arm the others are compared with, as the report labels it (e.g. 'variant=baseline'); "
                              "default: the arm with a swept value `baseline`, else the first")
+    parser.add_argument("--stage2", action="store_true",
+                        help=f"instead of a report: print (and write to DIR/stage2.sh) one command per arm that runs "
+                             f"--seeds at the {LR_KEY} DIR's LR grid chose for it, into DIR")
+    parser.add_argument("--seeds", default=None, help="with --stage2: the seeds to run, e.g. 1,2")
     args = parser.parse_args(argv)
+    if args.stage2 and not args.seeds:
+        parser.error("--stage2 needs --seeds, e.g. --seeds 1,2")
     try:
+        if args.stage2:
+            script = write_stage2(args.dir, args.seeds.split(","))
+            print(script.read_text(), end="")
+            return 0
         report = write_report(args.dir, args.out, args.baseline)
     except (FileNotFoundError, ValueError) as e:
         print(f"lmlab.report: error: {e}", file=sys.stderr)
