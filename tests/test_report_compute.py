@@ -41,7 +41,7 @@ def test_references_to_order_5_documents_flops_positions_and_common_windows(tmp_
     report = write_report(tmp_path).read_text()
     header = next(line for line in report.splitlines() if line.startswith("| arm |"))
     assert "| test nats/token on common windows | training FLOPs |" in header
-    assert "| Δ [95% CI over test documents] |" in header
+    assert "| Δ [95% CI over seeds and test documents] |" in header
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in report.splitlines()
             if line.startswith("| variant=")}
     assert rows["variant=baseline"][-1] == "Kneser-Ney bigram, not Kneser-Ney 3-gram |"

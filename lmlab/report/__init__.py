@@ -1,5 +1,5 @@
 """`python -m lmlab.report DIR`: a table, each arm at its own LR against the baseline (paired t or
-Welch, a bootstrap over test documents, Holm), the n-gram references, compute (scaling fit,
+Welch, a bootstrap over seeds and test documents, Holm), the n-gram references, compute (scaling fit,
 iso-FLOP) and plots of every job under DIR, offline; `--stage2 --seeds 1,2` prints the commands
 that run more seeds at each arm's chosen LR. docs/report.md is the reference.
 

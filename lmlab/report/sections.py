@@ -54,8 +54,19 @@ class Row:
 
 
 def _doc_scores(members: list[Job]) -> list[tuple] | None:
-    scores = [job.test_scores for job in members if job.done and job.summary.get("test_loss") is not None]
-    return [(s["doc_nll"], s["doc_tokens"]) for s in scores] if scores and None not in scores else None
+    """(seed, (doc_nll, doc_tokens)) of each done job; None where a done job has no scores file."""
+    done = [job for job in members if job.done and job.summary.get("test_loss") is not None]
+    if not done or any(job.test_scores is None for job in done):
+        return None
+    return [(job.seed, (job.test_scores["doc_nll"], job.test_scores["doc_tokens"])) for job in done]
+
+
+def _bootstrap(arm: list[tuple], baseline: list[tuple], comparison: Comparison):
+    """The seed-and-document bootstrap, the seeds drawn as pairs where the paired t-test pairs them."""
+    if comparison.test == "paired t":
+        arm, baseline = sorted(arm), dict(baseline)
+        return document_bootstrap([s for _, s in arm], [baseline[seed] for seed, _ in arm], paired=True)
+    return document_bootstrap([s for _, s in arm], [s for _, s in baseline])
 
 
 def compare_arms(arms: list[Arm], baseline: str) -> list[Row]:
@@ -69,7 +80,7 @@ def compare_arms(arms: list[Arm], baseline: str) -> list[Row]:
         if arm.name != baseline and row.test.n and base.n:
             row.comparison = compare(row.test, base)
             docs = _doc_scores(arm.chosen)
-            row.documents = document_bootstrap(docs, base_docs) if docs and base_docs else None
+            row.documents = _bootstrap(docs, base_docs, row.comparison) if docs and base_docs else None
         rows.append(row)
     return rows
 
@@ -91,7 +102,7 @@ def arms_section(rows: list[Row], floors: dict | None) -> list[str]:
                + [(name, "---:") for name, _ in METRICS.values()]
                + [("test nats/token on common windows", "---:")] * common + [("training FLOPs", "---:")] * flops
                + [(f"Δ nats/token vs baseline [{LEVEL:.0%} CI over seeds]", "---:")]
-               + [(f"Δ [{LEVEL:.0%} CI over test documents]", "---:")] * documents
+               + [(f"Δ [{LEVEL:.0%} CI over seeds and test documents]", "---:")] * documents
                + [("differs? (after Holm)", "---"), ("below the floor by (nats/token)", "---:")]
                + [("beats on test (highest order)", "---")] * bool(floors))
     lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "|".join(a for _, a in columns) + "|"]
