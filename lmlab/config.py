@@ -284,7 +284,8 @@ def validate(cfg: DictConfig) -> None:
                     "model.max_seq_len", "tokenizer.vocab_size", "schedule.peak_lr",
                     "train.max_steps", "train.max_tokens", "train.max_flops", "train.batch_size", "train.grad_accum",
                     "train.eval_every", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                    "eval.batch_size", "eval.max_batches", "eval.stride", "eval.common_window", "train.peak_tflops", "train.threads"])
+                    "eval.batch_size", "eval.max_batches", "eval.stride", "eval.common_window", "train.peak_tflops",
+                    "train.threads"])
     if cfg.model.d_model % cfg.model.n_heads:
         raise ConfigError("model.n_heads", f"d_model={cfg.model.d_model} is not divisible by "
                           f"n_heads={cfg.model.n_heads}")

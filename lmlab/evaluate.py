@@ -3,8 +3,8 @@ and where that NLL fell, per document and per window position (what test_scores.
 
 `python -m lmlab.evaluate checkpoint=PATH [data=... data.local_dir=...] [split=test] [eval.stride=...]
 [eval.common_window=...] [mode=train] [out=FILE.json]` scores any checkpoint on any split of any
-corpus the `data` group loads, tokenized with the checkpoint's own tokenizer: the run's own corpus
-when no `data` override is given. It prints the metrics a run's summary.json holds, under the same
+corpus the `data` group loads, tokenized with the checkpoint's own tokenizer; the run's own corpus
+and windows unless overrides name others. It prints the metrics a run's summary.json holds, under the same
 keys (test_loss, test_ppl, test_word_ppl, test_bpb; val_* for split=validation), and with out=
 writes them with the scores (test_scores.json's content) under "scores". mode=train scores with
 dropout on, as the seed's evaluation did (bugs.eval_in_train_mode), with no training.
@@ -68,11 +68,11 @@ def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int
     eos_at = np.flatnonzero(np.asarray(split.tokens) == eos_id)
     n_docs = len(eos_at) + int(len(split.tokens) > 0 and split.tokens[-1] != eos_id)
     width = int((rows[:, 1] - rows[:, 0]).max()) - 1 if len(rows) else 0
-    # The NLL summed in all, per document (one more slot takes the unscored targets) and per window
-    # position on the device; the targets they count on the host, from the rows alone. One
-    # all-reduce adds up the ranks' shares, and the buffer is read once at the end.
+    # Slots: in all | per document, then one for unscored targets | per window position. The NLL
+    # is summed on the device, the targets are counted on the host from the rows alone; one
+    # all-reduce adds up the ranks' shares, and the sums are read once at the end.
     nll_sums = torch.zeros(1 + n_docs + 1 + width, dtype=torch.float64, device=device)
-    counts = np.zeros_like(nll_sums.cpu().numpy(), dtype=np.float64)
+    counts = np.zeros(len(nll_sums))
     doc_slots, position_slots = slice(1, n_docs + 2), slice(n_docs + 2, None)
     try:
         all_starts = range(0, len(rows), batch_size)
@@ -93,8 +93,8 @@ def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int
                 with context():
                     nll = batch_loss(model, batch, device, reduction="none").view(scored.shape).double()
                 nll_sums[0] += nll.sum()
-                nll_sums[doc_slots].index_add_(0, to_device({"docs": torch.from_numpy(docs)}, device)["docs"].flatten(),
-                                               nll.flatten())
+                docs_on_device = to_device({"docs": torch.from_numpy(docs)}, device)["docs"]  # pinned, no wait
+                nll_sums[doc_slots].index_add_(0, docs_on_device.flatten(), nll.flatten())
                 nll_sums[position_slots][:scored.shape[1]] += nll.sum(0)
                 counts[doc_slots] += np.bincount(docs.ravel(), minlength=n_docs + 1)
                 counts[position_slots][:scored.shape[1]] += scored.sum(0)
@@ -149,8 +149,8 @@ def tokenized_split(tokenizer, data_cfg, split: str) -> Split:
 
 
 def run_config(args: EvaluateConfig, overrides: list[str], run: dict):
-    """The trainer's config composed from `overrides`, its `data` node the checkpoint's run's
-    when no override names the data group or a data.* key."""
+    """The trainer's config composed from `overrides`, with the checkpoint's run's corpus (its
+    `data` node) and windows (eval.stride, eval.common_window) where no override names them."""
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
@@ -158,8 +158,12 @@ def run_config(args: EvaluateConfig, overrides: list[str], run: dict):
 
     with initialize_config_module(config_module="lmlab.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    if not any(o.lstrip("+~").split("=")[0].split(".")[0] == "data" for o in overrides):
+    named = {o.lstrip("+~").split("=")[0] for o in overrides}
+    if not any(key.split(".")[0] == "data" for key in named):
         cfg.data = OmegaConf.merge(cfg.data, run["data"])
+    for key in ("stride", "common_window"):
+        if f"eval.{key}" not in named:
+            cfg.eval[key] = run.get("eval", {}).get(key)
     cfg.model.max_seq_len = run["model"]["max_seq_len"]  # the windows' limit: the checkpoint's context
     validate(cfg)
     if args.split not in PREFIXES:

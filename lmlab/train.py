@@ -156,8 +156,9 @@ def rewind_records(run_dir: Path, step: int) -> None:
 
 def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir: Path, config: dict,
           resume: dict | None = None, on_eval=None, launched: float | None = None, ranks: Ranks = Ranks()) -> dict:
-    """Train until train.max_steps or train.max_tokens, evaluating every train.eval_every steps and
-    checkpointing every train.checkpoint_every; then score validation and test with the best checkpoint.
+    """Train until train.max_steps, train.max_tokens or train.max_flops, evaluating every
+    train.eval_every steps and checkpointing every train.checkpoint_every; then score validation and
+    test with the best checkpoint (test also per document and window position: test_scores.json).
 
     `resume` is a loaded checkpoint to continue from exactly; `on_eval(model, state)` runs after
     each evaluation (used to write samples); `launched` is the process's start (time.time()), from
@@ -205,7 +206,8 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
     device_name, peak = device_peak(device, tcfg)
 
     def run_eval(split: str, split_rows: np.ndarray | None = None) -> EvalResult:
-        return evaluate(model, splits[split], rows[split] if split_rows is None else split_rows, eos, cfg.eval.batch_size, device,
+        split_rows = rows[split] if split_rows is None else split_rows
+        return evaluate(model, splits[split], split_rows, eos, cfg.eval.batch_size, device,
                         partial(compute_context, device, tcfg), segments, cfg.eval.max_batches, ranks,
                         train_mode=cfg.bugs.eval_in_train_mode)
 
@@ -309,7 +311,8 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
 
     # Test is scored once, with the weights that were best on validation.
     model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", device)["model"])
-    test, scores = score_split(partial(run_eval, "test"), len(splits["test"].tokens), cfg.model.max_seq_len, cfg.eval)
+    test, scores = score_split(partial(run_eval, "test"), len(splits["test"].tokens), cfg.model.max_seq_len,
+                               cfg.eval)
     if ranks.main:
         write_text(run_dir / "test_scores.json", json.dumps(scores))
     return {"status": "done", "val_ppl": val.ppl, "best_val_ppl": math.exp(state.best_val_loss),

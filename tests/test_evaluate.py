@@ -1,6 +1,7 @@
 """Evaluation you can trust: the three perplexities equal a direct computation, sliding windows
 score every token once, word and byte counts follow the WikiText convention, and a checkpoint
 rebuilds its model alone."""
+import json
 import math
 
 import numpy as np
@@ -11,13 +12,13 @@ from omegaconf import OmegaConf
 from lmlab import load_model
 from lmlab.checkpoint import save_checkpoint
 from lmlab.data import Sampler, Split, collate, packed_rows, strided_rows
-from lmlab.data.sources import read_split, word_count
+from lmlab.data.sources import read_split, split_text, word_count
 from lmlab.data.tokenizer import train_bpe
 from lmlab.distributed import Ranks
 from lmlab.evaluate import evaluate
 from lmlab.model import GPT, GPTConfig
 from lmlab.step import batch_loss, make_optimizer
-from tests.conftest import WT2_RAW, needs_wt2_raw
+from tests.conftest import REPO, SHARED_DATA, WT2_RAW, compose_config, needs_wt2_raw, run_cli
 
 CFG = GPTConfig(vocab_size=24, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=16)
 
@@ -174,3 +175,21 @@ def test_ranks_each_score_their_batches_and_the_sums_cover_the_split():
     assert len(whole["doc_nll"]) == int((tokens[:-1] == 0).sum()) + 1
     # After the first window, sliding windows score their last 8 positions only.
     assert whole["position_tokens"][:8] == [1] * 8 and min(whole["position_tokens"][8:]) > 1
+
+
+SHAKESPEARE = SHARED_DATA / "shakespeare-complete" / "plays_and_poems"
+
+
+@pytest.mark.skipif(not SHAKESPEARE.is_dir(), reason=f"Shakespeare not found at {SHAKESPEARE}")
+def test_evaluate_cli_scores_a_wikitext_checkpoint_on_another_corpus(tiny_run, tmp_path):
+    """A WikiText model on Shakespeare's plays (data=text), tokenized with its own BPE: worse per
+    byte than on its own test split, and every test document of the other corpus scored."""
+    out = tmp_path / "shakespeare.json"
+    r = run_cli([f"checkpoint={tiny_run / 'checkpoints' / 'best.pt'}", "data=text", f"data.local_dir={SHAKESPEARE}",
+                 f"out={out}"], cwd=REPO, module="lmlab.evaluate")
+    assert r.returncode == 0, r.stderr[-3000:]
+    scores, own = json.loads(out.read_text()), json.loads((tiny_run / "summary.json").read_text())
+    assert scores["test_bpb"] > own["test_bpb"] and scores["test_word_ppl"] > 0
+    text = split_text(compose_config(["data=text", f"data.local_dir={SHAKESPEARE}"]).data, "test")
+    assert len(scores["scores"]["doc_nll"]) == len(text.documents)
+    assert scores["test_bpb"] == pytest.approx(sum(scores["scores"]["doc_nll"]) / (math.log(2) * text.n_bytes))

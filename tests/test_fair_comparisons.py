@@ -55,15 +55,15 @@ def test_test_scores_add_up_to_the_summary_per_document_and_on_common_windows(bu
 def test_evaluate_cli_reproduces_the_runs_test_numbers_and_measures_train_mode(budget_run, tmp_path):
     s, scores = _json(budget_run / "summary.json"), _json(budget_run / "test_scores.json")
     ckpt = budget_run / "checkpoints" / "best.pt"
-    r = run_cli([f"checkpoint={ckpt}", "eval.common_window=16", f"out={tmp_path / 'eval.json'}"], cwd=REPO,
-                module="lmlab.evaluate")
+    r = run_cli([f"checkpoint={ckpt}", f"out={tmp_path / 'eval.json'}"], cwd=REPO, module="lmlab.evaluate")
     assert r.returncode == 0, r.stderr[-3000:]
     out = _json(tmp_path / "eval.json")
     for key in ("test_loss", "test_ppl", "test_word_ppl", "test_bpb", "test_common_loss", "common_window"):
         assert out[key] == pytest.approx(s[key], rel=1e-9), key
         assert json.loads(r.stdout)[key] == out[key]
-    assert out["scores"]["doc_tokens"] == scores["doc_tokens"]
+    assert out["scores"]["doc_tokens"] == scores["doc_tokens"]  # the run's corpus and windows, common ones too
     assert out["scores"]["doc_nll"] == pytest.approx(scores["doc_nll"], rel=1e-9)
+    assert out["scores"]["common"]["doc_nll"] == pytest.approx(scores["common"]["doc_nll"], rel=1e-9)
 
     r = run_cli([f"checkpoint={ckpt}", "split=validation", "mode=train"], cwd=REPO, module="lmlab.evaluate")
     assert r.returncode == 0, r.stderr[-3000:]
