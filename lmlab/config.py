@@ -77,6 +77,9 @@ class ScheduleConfig:
 class TrainConfig:
     max_steps: Optional[int] = 5000
     max_tokens: Optional[int] = None
+    # FLOPs budget: stop once flops_per_token x tokens >= max_flops (the FLOPs per token MFU uses,
+    # lmlab.flops); the LR schedule's horizon counts it as it counts max_steps and max_tokens
+    max_flops: Optional[float] = None
     batch_size: int = 32
     grad_accum: int = 1
     eval_every: int = 250
@@ -104,6 +107,9 @@ class EvalConfig:
     batch_size: int = 16
     stride: Optional[int] = None  # null: non-overlapping windows; k: sliding windows scoring k new tokens each
     max_batches: Optional[int] = None  # null = the whole split (the only number to report)
+    # also score test on windows of this length (<= model.max_seq_len): test_common_* in the summary,
+    # "common" in test_scores.json; arms with different contexts compare on the same windows
+    common_window: Optional[int] = None
     sample_tokens: int = 32  # tokens sampled per prompt at each evaluation into samples.jsonl; 0 = none
     sample_prompts: list = field(default_factory=lambda: [
         " = Valkyria Chronicles = \n", " The game was released in", " In 1990 , the"])
@@ -133,6 +139,23 @@ class RootcauseConfig:
     d_ff_ratio: float = 4.0
     max_seq_len: int = 512
     warmup_steps: int = 2000
+    min_lr_ratio: float = 0.1  # the decay arms' cosine floor, as schedule=warmup's
+    # Every arm's batch holds this many tokens (rows = batch_tokens / its context), so every arm
+    # takes the same steps under the same LR schedule: the seed's 32 rows of 256.
+    batch_tokens: int = 8192
+    # The baseline's context: arms with another one (context, all_fixes) are also scored on test
+    # windows of this length (eval.common_window), the windows the baseline is scored on.
+    common_window: int = 256
+    # Stage 1's peak LRs (a sweep value list): a factor 2 apart around the scale's usual LR.
+    lr_grid: str = "1.5e-4,3e-4,6e-4"
+
+
+def rows_of(tokens: int, context: int) -> int:
+    """`${lmlab.rows:tokens,context}`: the rows of `context` tokens that hold `tokens`, exactly."""
+    if tokens % context:
+        raise ConfigError("lmlab.rows", f"{tokens} tokens do not fill whole rows of {context}: "
+                          "pick a batch_tokens that every arm's context divides")
+    return tokens // context
 
 
 @dataclass
@@ -189,6 +212,7 @@ def register_configs(bench: bool = False) -> None:
                         ("tokenizer", TokenizerConfig), ("train", TrainConfig), ("eval", EvalConfig),
                         ("logger", LoggerConfig)]:
         cs.store(group=group, name=f"{SCHEMA_PREFIX}{group}", node=node)
+    OmegaConf.register_new_resolver("lmlab.rows", rows_of, replace=True)
     OmegaConf.register_new_resolver("lmlab.dirname", lambda: job_dirname(job_name()), replace=True)
     # Cached, so Hydra carries the value into every job of a sweep (as it does `now`).
     OmegaConf.register_new_resolver("lmlab.launch", launch_stamp, replace=True, use_cache=True)
@@ -258,9 +282,10 @@ def validate(cfg: DictConfig) -> None:
     """Cross-field checks, run before any data is loaded. Raises ConfigError."""
     _positive(cfg, ["model.d_model", "model.n_heads", "model.n_layers", "model.d_ff_ratio",
                     "model.max_seq_len", "tokenizer.vocab_size", "schedule.peak_lr",
-                    "train.max_steps", "train.max_tokens", "train.batch_size", "train.grad_accum",
+                    "train.max_steps", "train.max_tokens", "train.max_flops", "train.batch_size", "train.grad_accum",
                     "train.eval_every", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                    "eval.batch_size", "eval.max_batches", "eval.stride", "train.peak_tflops", "train.threads"])
+                    "eval.batch_size", "eval.max_batches", "eval.stride", "eval.common_window", "train.peak_tflops",
+                    "train.threads"])
     if cfg.model.d_model % cfg.model.n_heads:
         raise ConfigError("model.n_heads", f"d_model={cfg.model.d_model} is not divisible by "
                           f"n_heads={cfg.model.n_heads}")
@@ -272,10 +297,15 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("eval.sample_tokens", f"must be >= 0 (0 = no samples), got {cfg.eval.sample_tokens}")
     if not 0.0 <= cfg.schedule.min_lr_ratio <= 1.0:
         raise ConfigError("schedule.min_lr_ratio", f"must be in [0, 1], got {cfg.schedule.min_lr_ratio}")
-    if cfg.train.max_steps is None and cfg.train.max_tokens is None:
-        raise ConfigError("train.max_steps", "set train.max_steps or train.max_tokens (or both)")
+    if cfg.train.max_steps is None and cfg.train.max_tokens is None and cfg.train.max_flops is None:
+        raise ConfigError("train.max_steps", "set train.max_steps, train.max_tokens or train.max_flops (or several)")
     if cfg.eval.stride is not None and cfg.eval.stride > cfg.model.max_seq_len:
         raise ConfigError("eval.stride", f"must be <= model.max_seq_len={cfg.model.max_seq_len}")
+    if cfg.eval.common_window is not None and cfg.eval.common_window > cfg.model.max_seq_len:
+        raise ConfigError("eval.common_window", f"must be <= model.max_seq_len={cfg.model.max_seq_len}")
+    if cfg.eval.stride is not None and cfg.eval.common_window is not None and cfg.eval.stride > cfg.eval.common_window:
+        raise ConfigError("eval.stride", f"must be <= eval.common_window={cfg.eval.common_window}: a longer "
+                          "stride would leave tokens between the common windows unscored")
     if "bench" in cfg:
         _positive(cfg, ["bench.steps", "bench.windows", "bench.pairs"])
         _one_of(cfg, "bench.compare", ("none", "hf"))

@@ -1,49 +1,209 @@
-"""Perplexity over a whole split: exp(total NLL / total tokens), never a mean of batch perplexities."""
+"""Perplexity over a whole split: exp(total NLL / total tokens), never a mean of batch perplexities;
+and where that NLL fell, per document and per window position (what test_scores.json holds).
+
+`python -m lmlab.evaluate checkpoint=PATH [data=... data.local_dir=...] [split=test] [eval.stride=...]
+[eval.common_window=...] [mode=train] [out=FILE.json]` scores any checkpoint on any split of any
+corpus the `data` group loads, tokenized with the checkpoint's own tokenizer; the run's own corpus
+and windows unless overrides name others. It prints the metrics a run's summary.json holds, under the same
+keys (test_loss, test_ppl, test_word_ppl, test_bpb; val_* for split=validation), and with out=
+writes them with the scores (test_scores.json's content) under "scores". mode=train scores with
+dropout on, as the seed's evaluation did (bugs.eval_in_train_mode), with no training.
+"""
 from __future__ import annotations
 
+import json
+import sys
+import tempfile
 from contextlib import nullcontext
-from typing import Callable, ContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ContextManager, Optional
 
 import numpy as np
 import torch
+from omegaconf import MISSING
 from tqdm import tqdm
 
-from lmlab.data import Split, collate, scored_targets
+from lmlab.data import IGNORE, Split, collate, packed_rows, scored_targets, strided_rows
 from lmlab.distributed import Ranks, all_reduce_sum
 from lmlab.metrics import EvalResult
-from lmlab.step import batch_loss
+from lmlab.step import batch_loss, to_device
+
+PREFIXES = {"train": "train", "validation": "val", "test": "test"}  # a split's metrics keys, as in summary.json
+
+
+@dataclass
+class SplitScores(EvalResult):
+    """An EvalResult and where its NLL fell: summed per document of the split (EOS-delimited, in
+    stream order; the EOS ending a document is that document's) and per position in the window."""
+    doc_nll: list[float] = field(default_factory=list)
+    doc_tokens: list[int] = field(default_factory=list)
+    position_nll: list[float] = field(default_factory=list)  # index t: targets at window position t + 1
+    position_tokens: list[int] = field(default_factory=list)
+
+    def scores(self) -> dict:
+        """test_scores.json's fields for these windows (a position never scored has loss None)."""
+        return {"window": len(self.position_nll), "doc_nll": self.doc_nll, "doc_tokens": self.doc_tokens,
+                "position_loss": [nll / n if n else None for nll, n in zip(self.position_nll, self.position_tokens)],
+                "position_tokens": self.position_tokens}
+
+
+def eval_rows(n_tokens: int, window: int, stride: int | None) -> np.ndarray:
+    """Evaluation windows of `window` tokens: non-overlapping, or sliding by `stride` (eval.stride)."""
+    return strided_rows(n_tokens, window, stride) if stride else packed_rows(n_tokens, window)
 
 
 @torch.inference_mode()
 def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int, device,
              context: Callable[[], ContextManager] = nullcontext, segments: bool = False,
-             max_batches: int | None = None, ranks: Ranks = Ranks(), train_mode: bool = False) -> EvalResult:
+             max_batches: int | None = None, ranks: Ranks = Ranks(), train_mode: bool = False) -> SplitScores:
     """Score `rows` of `split` in eval mode (dropout off), each forward under a fresh `context()`
     (see step.compute_context); the caller's train/eval mode is restored. With several ranks each
     scores every world-th batch and the sums are added up, so the whole split is scored once.
-    The NLL is summed on the device and read once at the end. `train_mode=True` is the seed's bug
-    (bugs.eval_in_train_mode): dropout stays on."""
+    Per-target NLLs are summed by document and by window position on the device, in one buffer
+    read once at the end. `train_mode=True` is the seed's bug (bugs.eval_in_train_mode): dropout stays on."""
     device = torch.device(device)
     was_training = model.training
     model.train(train_mode)
+    eos_at = np.flatnonzero(np.asarray(split.tokens) == eos_id)
+    n_docs = len(eos_at) + int(len(split.tokens) > 0 and split.tokens[-1] != eos_id)
+    width = int((rows[:, 1] - rows[:, 0]).max()) - 1 if len(rows) else 0
+    # Slots: in all | per document, then one for unscored targets | per window position. The NLL
+    # is summed on the device, the targets are counted on the host from the rows alone; one
+    # all-reduce adds up the ranks' shares, and the sums are read once at the end.
+    nll_sums = torch.zeros(1 + n_docs + 1 + width, dtype=torch.float64, device=device)
+    counts = np.zeros(len(nll_sums))
+    doc_slots, position_slots = slice(1, n_docs + 2), slice(n_docs + 2, None)
     try:
         all_starts = range(0, len(rows), batch_size)
         starts = list(all_starts)[:max_batches]
         whole = len(starts) == len(all_starts)
         mine = starts[ranks.rank::ranks.world]
-        sums = torch.zeros(2, dtype=torch.float64, device=device)  # NLL, scored targets
         # tqdm stays quiet when stderr is not a terminal (logs, sweeps, tests), and off other ranks.
         with tqdm(total=sum(scored_targets(rows[i:i + batch_size]) for i in mine),
                   desc=f"eval {split.name}", unit="tok", unit_scale=True, leave=False,
                   disable=None if ranks.main else True) as bar:
             for i in mine:
-                batch = collate(split.tokens, rows[i:i + batch_size], eos_id, segments)
+                batch_rows = rows[i:i + batch_size]
+                batch = collate(split.tokens, batch_rows, eos_id, segments)
+                scored = batch["y"].numpy() != IGNORE
+                # A target at stream index j is in the document of the EOS tokens before j.
+                targets = batch_rows[:, :1] + 1 + np.arange(scored.shape[1])
+                docs = np.where(scored, np.searchsorted(eos_at, targets), n_docs)
                 with context():
-                    sums[0] += batch_loss(model, batch, device, reduction="sum")
-                scored = scored_targets(rows[i:i + batch_size])
-                sums[1] += scored
-                bar.update(scored)
-        nll, n_tokens = all_reduce_sum(sums).tolist()
+                    nll = batch_loss(model, batch, device, reduction="none").view(scored.shape).double()
+                nll_sums[0] += nll.sum()
+                docs_on_device = to_device({"docs": torch.from_numpy(docs)}, device)["docs"]  # pinned, no wait
+                nll_sums[doc_slots].index_add_(0, docs_on_device.flatten(), nll.flatten())
+                nll_sums[position_slots][:scored.shape[1]] += nll.sum(0)
+                counts[doc_slots] += np.bincount(docs.ravel(), minlength=n_docs + 1)
+                counts[position_slots][:scored.shape[1]] += scored.sum(0)
+                bar.update(scored_targets(batch_rows))
+        counts[0] = counts[doc_slots][:n_docs].sum()
+        totals = all_reduce_sum(torch.stack([nll_sums, torch.from_numpy(counts).to(device)])).tolist()
     finally:
         model.train(was_training)
-    return EvalResult(nll, int(n_tokens), split.n_words if whole else None, split.n_bytes if whole else None)
+    (nll, *doc_nll), (n_tokens, *doc_tokens) = (t[:n_docs + 1] for t in totals)
+    positions = [t[position_slots] for t in totals]
+    return SplitScores(nll, int(n_tokens), split.n_words if whole else None, split.n_bytes if whole else None,
+                       doc_nll, [int(n) for n in doc_tokens], positions[0], [int(n) for n in positions[1]])
+
+
+def score_split(evaluate_rows: Callable[[np.ndarray], SplitScores], n_tokens: int, window: int, eval_cfg,
+                prefix: str = "test") -> tuple[dict, dict]:
+    """A split's summary metrics (`prefix`_loss, ...) on `window`-token windows, and also on
+    eval.common_window-token ones when set (`prefix`_common_loss, ..., common_window); and the
+    scores file's content ({"window", "doc_nll", ..., "common": null | the same on common windows}).
+    `evaluate_rows(rows)` scores the split's rows."""
+    result = evaluate_rows(eval_rows(n_tokens, window, eval_cfg.stride))
+    metrics, scores = result.metrics(prefix), {**result.scores(), "common": None}
+    if eval_cfg.common_window:
+        common = evaluate_rows(eval_rows(n_tokens, eval_cfg.common_window, eval_cfg.stride))
+        metrics.update(common.metrics(f"{prefix}_common"), common_window=eval_cfg.common_window)
+        scores["common"] = common.scores()
+    return metrics, scores
+
+
+# --- python -m lmlab.evaluate ------------------------------------------------------------------
+
+@dataclass
+class EvaluateConfig:
+    checkpoint: str = MISSING
+    split: str = "test"  # train | validation | test
+    mode: str = "eval"  # eval | train (dropout on: the seed's bug)
+    out: Optional[str] = None  # also write the metrics and scores to this JSON file
+
+
+def tokenized_split(tokenizer, data_cfg, split: str) -> Split:
+    """`split` of the corpus `data_cfg` names, as one token stream in `tokenizer`'s ids (each
+    document ended by EOS, as the token cache writes it), with its word and byte counts."""
+    from lmlab.data.sources import split_text
+    from lmlab.data.tokens import token_dtype, write_tokens
+
+    text = split_text(data_cfg, split)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{split}.bin"
+        write_tokens(tokenizer, text.documents, path, split)
+        tokens = np.fromfile(path, dtype=token_dtype(tokenizer.vocab_size))
+    return Split(split, tokens, len(text.documents), text.n_words, text.n_bytes)
+
+
+def run_config(args: EvaluateConfig, overrides: list[str], run: dict):
+    """The trainer's config composed from `overrides`, with the checkpoint's run's corpus (its
+    `data` node) and windows (eval.stride, eval.common_window) where no override names them."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from lmlab.config import ConfigError, validate
+
+    with initialize_config_module(config_module="lmlab.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    named = {o.lstrip("+~").split("=")[0] for o in overrides}
+    if not any(key.split(".")[0] == "data" for key in named):
+        cfg.data = OmegaConf.merge(cfg.data, run["data"])
+    for key in ("stride", "common_window"):
+        if f"eval.{key}" not in named:
+            cfg.eval[key] = run.get("eval", {}).get(key)
+    cfg.model.max_seq_len = run["model"]["max_seq_len"]  # the windows' limit: the checkpoint's context
+    validate(cfg)
+    if args.split not in PREFIXES:
+        raise ConfigError("split", f"must be one of {', '.join(PREFIXES)}; got {args.split!r}")
+    if args.mode not in ("eval", "train"):
+        raise ConfigError("mode", f"must be eval or train; got {args.mode!r}")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from lmlab.checkpoint import CheckpointError, load_model
+    from lmlab.cli import parse_key_values
+    from lmlab.errors import exit_bad_input, user_errors
+    from lmlab.step import compute_context, resolve_device
+
+    argv = sys.argv[1:] if argv is None else argv
+    own = [a for a in argv if a.split("=")[0] in EvaluateConfig.__dataclass_fields__]
+    try:
+        args = parse_key_values(EvaluateConfig, own, verbatim=("checkpoint", "out"))
+        model, tokenizer, ckpt = load_model(args.checkpoint)
+        cfg = run_config(args, [a for a in argv if a not in own], ckpt["config"])
+        device = resolve_device(cfg.train.device)
+        model.to(device)
+        split = tokenized_split(tokenizer, cfg.data, args.split)
+
+        def evaluate_rows(rows: np.ndarray) -> SplitScores:
+            return evaluate(model, split, rows, tokenizer.eos_id, cfg.eval.batch_size, device,
+                            lambda: compute_context(device, cfg.train), ckpt["config"]["model"]["doc_mask"],
+                            cfg.eval.max_batches, train_mode=args.mode == "train")
+
+        metrics, scores = score_split(evaluate_rows, len(split.tokens), model.cfg.max_seq_len, cfg.eval,
+                                      PREFIXES[args.split])
+    except (ValueError, *user_errors()) as e:
+        exit_bad_input(e, "lmlab.evaluate")
+    print(json.dumps(metrics, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps({**metrics, "checkpoint": args.checkpoint, "split": args.split,
+                                              "mode": args.mode, "scores": scores}), encoding="utf-8")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

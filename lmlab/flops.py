@@ -6,6 +6,7 @@ the driver reports; a device that is not in the table has no MFU (None), never a
 """
 from __future__ import annotations
 
+import math
 import re
 
 
@@ -23,6 +24,13 @@ def model_flops_per_token(model) -> int:
     shapes and its real vocabulary."""
     c = model.cfg
     return flops_per_token(model.n_params(non_embedding=True), c.d_model, c.vocab_size, c.n_layers, c.max_seq_len)
+
+
+def token_budget(max_tokens: int | None, max_flops: float | None, flops_per_tok: int) -> int | None:
+    """The training tokens a run may see: train.max_tokens, or fewer where train.max_flops ends it
+    first (at the first token count whose flops_per_tok x tokens reaches it); None: neither is set."""
+    limits = [limit for limit in (max_tokens, math.ceil(max_flops / flops_per_tok) if max_flops else None) if limit]
+    return min(limits, default=None)
 
 
 # Dense (no sparsity) tensor-core peaks in TFLOP/s from the vendors' datasheets, by precision.

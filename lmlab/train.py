@@ -19,10 +19,10 @@ from tqdm import tqdm
 from lmlab.atomic import write_text
 from lmlab.checkpoint import CheckpointWriter, checkpoint_payload, load_checkpoint
 from lmlab.config import ConfigError
-from lmlab.data import Sampler, Split, document_rows, packed_rows, strided_rows
+from lmlab.data import Sampler, Split, document_rows, packed_rows
 from lmlab.distributed import Ranks, all_reduce_sum, any_rank, barrier, rank_device
-from lmlab.evaluate import evaluate
-from lmlab.flops import mfu, model_flops_per_token, peak_flops
+from lmlab.evaluate import eval_rows, evaluate, score_split
+from lmlab.flops import mfu, model_flops_per_token, peak_flops, token_budget
 from lmlab.metrics import EvalResult
 from lmlab.model import GPT
 from lmlab.step import (TrainStep, compute_context, device_batches, make_optimizer, resolve_device,
@@ -126,11 +126,11 @@ def lr_at(step: int, sched, total_steps: int) -> float:
     return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (sched.peak_lr - floor)
 
 
-def planned_steps(tcfg, tokens_per_step: int) -> int:
+def planned_steps(max_steps: int | None, max_tokens: int | None, tokens_per_step: int) -> int:
     """Steps until the first limit: max_steps, or max_tokens at full rows (the cosine horizon)."""
-    limits = [tcfg.max_steps] if tcfg.max_steps else []
-    if tcfg.max_tokens:
-        limits.append(math.ceil(tcfg.max_tokens / tokens_per_step))
+    limits = [max_steps] if max_steps else []
+    if max_tokens:
+        limits.append(math.ceil(max_tokens / tokens_per_step))
     return min(limits)
 
 
@@ -138,12 +138,6 @@ def train_rows(cfg, split: Split, eos_id: int) -> np.ndarray:
     if cfg.data.packing:
         return packed_rows(len(split.tokens), cfg.model.max_seq_len)
     return document_rows(split.tokens, eos_id, cfg.model.max_seq_len)
-
-
-def eval_rows(cfg, split: Split) -> np.ndarray:
-    if cfg.eval.stride:
-        return strided_rows(len(split.tokens), cfg.model.max_seq_len, cfg.eval.stride)
-    return packed_rows(len(split.tokens), cfg.model.max_seq_len)
 
 
 def rewind_records(run_dir: Path, step: int) -> None:
@@ -162,8 +156,9 @@ def rewind_records(run_dir: Path, step: int) -> None:
 
 def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir: Path, config: dict,
           resume: dict | None = None, on_eval=None, launched: float | None = None, ranks: Ranks = Ranks()) -> dict:
-    """Train until train.max_steps or train.max_tokens, evaluating every train.eval_every steps and
-    checkpointing every train.checkpoint_every; then score validation and test with the best checkpoint.
+    """Train until train.max_steps, train.max_tokens or train.max_flops, evaluating every
+    train.eval_every steps and checkpointing every train.checkpoint_every; then score validation and
+    test with the best checkpoint (test also per document and window position: test_scores.json).
 
     `resume` is a loaded checkpoint to continue from exactly; `on_eval(model, state)` runs after
     each evaluation (used to write samples); `launched` is the process's start (time.time()), from
@@ -194,23 +189,25 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
         rewind_records(run_dir, state.step if resume is not None else -1)
     state.wandb_run_id = tracker.run_id
 
-    rows = {"train": train_rows(cfg, splits["train"], eos), "validation": eval_rows(cfg, splits["validation"]),
-            "test": eval_rows(cfg, splits["test"])}
+    rows = {"train": train_rows(cfg, splits["train"], eos),
+            "validation": eval_rows(len(splits["validation"].tokens), cfg.model.max_seq_len, cfg.eval.stride)}
     try:
         sampler = Sampler(rows["train"], tcfg.batch_size, tcfg.seed, state.epoch, state.cursor)
     except ValueError as e:  # more rows asked for than the data has: the user's config to fix
         raise ConfigError("train.batch_size", str(e)) from None
-    total = planned_steps(tcfg, tcfg.batch_size * tcfg.grad_accum * cfg.model.max_seq_len)
+    flops_tok = model_flops_per_token(model)
+    max_tokens = token_budget(tcfg.max_tokens, tcfg.max_flops, flops_tok)
+    total = planned_steps(tcfg.max_steps, max_tokens, tcfg.batch_size * tcfg.grad_accum * cfg.model.max_seq_len)
     step = TrainStep(model, opt, device, tcfg, ranks)
     segments = cfg.model.doc_mask
     checkpoint_every = tcfg.checkpoint_every or tcfg.eval_every
     saved_step = state.step if resume is not None else None
     writer = CheckpointWriter(ckpt_dir, tcfg.keep_checkpoints)
-    flops_tok = model_flops_per_token(model)
     device_name, peak = device_peak(device, tcfg)
 
-    def run_eval(split: str) -> EvalResult:
-        return evaluate(model, splits[split], rows[split], eos, cfg.eval.batch_size, device,
+    def run_eval(split: str, split_rows: np.ndarray | None = None) -> EvalResult:
+        split_rows = rows[split] if split_rows is None else split_rows
+        return evaluate(model, splits[split], split_rows, eos, cfg.eval.batch_size, device,
                         partial(compute_context, device, tcfg), segments, cfg.eval.max_batches, ranks,
                         train_mode=cfg.bugs.eval_in_train_mode)
 
@@ -223,7 +220,7 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
         saved_step = state.step
 
     def done() -> bool:
-        return state.step >= total or (tcfg.max_tokens is not None and state.tokens >= tcfg.max_tokens)
+        return state.step >= total or (max_tokens is not None and state.tokens >= max_tokens)
 
     def eval_and_checkpoint(train_loss, lr, tokens_per_s) -> EvalResult:
         val = run_eval("validation")
@@ -314,13 +311,17 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
 
     # Test is scored once, with the weights that were best on validation.
     model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", device)["model"])
-    test = run_eval("test")
+    test, scores = score_split(partial(run_eval, "test"), len(splits["test"].tokens), cfg.model.max_seq_len,
+                               cfg.eval)
+    if ranks.main:
+        write_text(run_dir / "test_scores.json", json.dumps(scores))
     return {"status": "done", "val_ppl": val.ppl, "best_val_ppl": math.exp(state.best_val_loss),
-            "best_val_loss": state.best_val_loss, **state.best_val, **test.metrics("test"),
+            "best_val_loss": state.best_val_loss, **state.best_val, **test,
             "eval_windows": f"stride {cfg.eval.stride}" if cfg.eval.stride else "non-overlapping",
             "n_params": model.n_params(), "n_params_non_embedding": model.n_params(non_embedding=True),
             "steps": state.step, "tokens_seen": state.tokens, "tokens_per_s": tokens_per_s,
-            "mfu": mfu(flops_tok, tokens_per_s, peak), "flops_per_token": flops_tok, "device": device_name,
+            "mfu": mfu(flops_tok, tokens_per_s, peak), "flops_per_token": flops_tok,
+            "train_flops": flops_tok * state.tokens, "max_flops": tcfg.max_flops, "device": device_name,
             "peak_tflops": peak / 1e12 if peak else None, "compiled": step.compiled,
             "checkpoint_stall_s": max(writer.stalls, default=None), "wall_s": time.perf_counter() - started,
             "startup_s": first_step_at - launched if first_step_at and launched else None}

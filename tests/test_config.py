@@ -43,6 +43,8 @@ def test_d_ff_follows_the_ratio():
     ("schedule.decay=linear", "schedule.decay"),
     ("train.device=tpu", "train.device"),
     ("tokenizer.vocab_size=100", "tokenizer.vocab_size"),
+    ("train.max_flops=-1e15", "train.max_flops"),
+    ("eval.common_window=512", "eval.common_window"),  # longer than model=small's context of 256
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -1,6 +1,7 @@
 """Evaluation you can trust: the three perplexities equal a direct computation, sliding windows
 score every token once, word and byte counts follow the WikiText convention, and a checkpoint
 rebuilds its model alone."""
+import json
 import math
 
 import numpy as np
@@ -11,12 +12,13 @@ from omegaconf import OmegaConf
 from lmlab import load_model
 from lmlab.checkpoint import save_checkpoint
 from lmlab.data import Sampler, Split, collate, packed_rows, strided_rows
-from lmlab.data.sources import read_split, word_count
+from lmlab.data.sources import read_split, split_text, word_count
 from lmlab.data.tokenizer import train_bpe
+from lmlab.distributed import Ranks
 from lmlab.evaluate import evaluate
 from lmlab.model import GPT, GPTConfig
 from lmlab.step import batch_loss, make_optimizer
-from tests.conftest import WT2_RAW, needs_wt2_raw
+from tests.conftest import REPO, SHARED_DATA, WT2_RAW, compose_config, needs_wt2_raw, run_cli
 
 CFG = GPTConfig(vocab_size=24, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=16)
 
@@ -129,3 +131,65 @@ def test_checkpoint_alone_rebuilds_the_model_with_identical_logits(tmp_path):
     guessed = GPT(GPTConfig(vocab_size=300, d_model=32, n_layers=3, d_ff=48, max_seq_len=24)).eval()
     guessed.load_state_dict(ckpt["model"])
     assert not torch.allclose(guessed(x), model(x))
+
+
+def test_scores_split_the_nll_by_document_and_by_window_position():
+    """Per-document and per-position sums equal a direct computation, and add up to the split's NLL."""
+    model = tiny_gpt().eval()
+    rng = np.random.default_rng(3)
+    docs = [rng.integers(1, CFG.vocab_size, n) for n in (5, 30, 1, 12)]  # every document ends in EOS (0)
+    tokens = np.concatenate([np.append(d, 0) for d in docs])
+    rows = packed_rows(len(tokens), CFG.max_seq_len)
+    result = evaluate(model, Split("test", tokens, 4, 20, 90), rows, eos_id=0, batch_size=2, device="cpu")
+
+    doc_nll, doc_tokens = np.zeros(4), np.zeros(4, dtype=int)
+    pos_nll, pos_tokens = np.zeros(CFG.max_seq_len), np.zeros(CFG.max_seq_len, dtype=int)
+    doc_of = np.cumsum(np.concatenate([[0], tokens[:-1] == 0]))  # the EOS ending a document is that document's
+    for start, end, _ in rows:
+        window = torch.from_numpy(tokens[start:end])
+        logp = torch.log_softmax(model(window[None, :-1])[0], dim=-1)
+        nll = -logp.gather(1, window[1:, None])[:, 0].double().detach().numpy()
+        for t, target in enumerate(range(start + 1, end)):
+            doc_nll[doc_of[target]] += nll[t]
+            doc_tokens[doc_of[target]] += 1
+            pos_nll[t] += nll[t]
+            pos_tokens[t] += 1
+    scores = result.scores()
+    assert scores["window"] == CFG.max_seq_len
+    assert scores["doc_tokens"] == doc_tokens.tolist() == [5, 31, 2, 13]  # the first token is never a target
+    assert scores["doc_nll"] == pytest.approx(doc_nll.tolist(), rel=1e-5)
+    assert scores["position_tokens"] == pos_tokens.tolist()
+    assert scores["position_loss"] == pytest.approx((pos_nll / pos_tokens).tolist(), rel=1e-5)
+    assert sum(scores["doc_nll"]) / sum(scores["doc_tokens"]) == pytest.approx(result.loss, rel=1e-12)
+
+
+def test_ranks_each_score_their_batches_and_the_sums_cover_the_split():
+    """Without a process group each rank's result is its own share: the shares add up to one process's."""
+    model = tiny_gpt().eval()
+    tokens = np.random.default_rng(4).integers(0, CFG.vocab_size, 300)  # token 0 is EOS: many documents
+    split, rows = Split("test", tokens, 1, 20, 90), strided_rows(300, CFG.max_seq_len, 8)
+    whole = evaluate(model, split, rows, 0, 3, "cpu").scores()
+    shares = [evaluate(model, split, rows, 0, 3, "cpu", ranks=Ranks(rank, 2)).scores() for rank in (0, 1)]
+    for key in ("doc_nll", "doc_tokens", "position_tokens"):
+        assert np.add(shares[0][key], shares[1][key]) == pytest.approx(whole[key], rel=1e-9), key
+    assert len(whole["doc_nll"]) == int((tokens[:-1] == 0).sum()) + 1
+    # After the first window, sliding windows score their last 8 positions only.
+    assert whole["position_tokens"][:8] == [1] * 8 and min(whole["position_tokens"][8:]) > 1
+
+
+SHAKESPEARE = SHARED_DATA / "shakespeare-complete" / "plays_and_poems"
+
+
+@pytest.mark.skipif(not SHAKESPEARE.is_dir(), reason=f"Shakespeare not found at {SHAKESPEARE}")
+def test_evaluate_cli_scores_a_wikitext_checkpoint_on_another_corpus(tiny_run, tmp_path):
+    """A WikiText model on Shakespeare's plays (data=text), tokenized with its own BPE: worse per
+    byte than on its own test split, and every test document of the other corpus scored."""
+    out = tmp_path / "shakespeare.json"
+    r = run_cli([f"checkpoint={tiny_run / 'checkpoints' / 'best.pt'}", "data=text", f"data.local_dir={SHAKESPEARE}",
+                 f"out={out}"], cwd=REPO, module="lmlab.evaluate")
+    assert r.returncode == 0, r.stderr[-3000:]
+    scores, own = json.loads(out.read_text()), json.loads((tiny_run / "summary.json").read_text())
+    assert scores["test_bpb"] > own["test_bpb"] and scores["test_word_ppl"] > 0
+    text = split_text(compose_config(["data=text", f"data.local_dir={SHAKESPEARE}"]).data, "test")
+    assert len(scores["scores"]["doc_nll"]) == len(text.documents)
+    assert scores["test_bpb"] == pytest.approx(sum(scores["scores"]["doc_nll"]) / (math.log(2) * text.n_bytes))

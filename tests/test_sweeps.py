@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmlab.config import job_dirname
+from lmlab.config import job_dirname, validate
 from tests.conftest import MINI, REPO, TINY, compose_config, needs_mini, run_cli
 from tests.test_tracking import read_offline_run
 
@@ -48,42 +48,103 @@ def test_optuna_sweep_is_a_seeded_tpe_search_that_survives_failures():
     assert sweeper.params["schedule.peak_lr"].startswith("tag(log")
 
 
-# The seed's baseline and fixes at each scale: size (d_model, n_heads, n_layers), ratio, context, warmup
-# steps; the baseline's schedule (peak LR, decay) and token budget.
-SCALES = {"seed": ({"size": (256, 4, 4), "ratio": 2, "context": 256, "warmup": 0,
-                    "schedule": (3e-4, "constant"), "budget": 40_960_000},
-                   {"size": (512, 8, 6), "ratio": 4, "context": 512, "warmup": 2000}),
-          "cpu": ({"size": (128, 4, 4), "ratio": 2, "context": 128, "warmup": 0,
-                   "schedule": (1e-3, "constant"), "budget": 2_457_600},
-                  {"size": (192, 6, 6), "ratio": 4, "context": 256, "warmup": 100})}
+# The seed's baseline and fixes at each scale: size (d_model, n_heads, n_layers), ratio, context,
+# rows a batch, common test window, warmup steps, decay (kind, floor); the baseline's token budget,
+# tokens a step, steps and stage 1's LR grid.
+SEED_FIXES = {"size": (512, 8, 6), "ratio": 4, "context": 512, "rows": 16, "common_window": 256, "warmup": 2000,
+              "decay": ("cosine", 0.1)}
+SEED_BASELINE = {"size": (256, 4, 4), "ratio": 2, "context": 256, "rows": 32, "common_window": None, "warmup": 0,
+                 "decay": ("constant", 1.0), "tokens_per_step": 8192}
+SCALES = {"seed": ({**SEED_BASELINE, "budget": 40_960_000, "steps": 5000}, SEED_FIXES, "1.5e-4,3e-4,6e-4"),
+          "wikitext103": ({**SEED_BASELINE, "budget": 250_000_000, "steps": 30518}, SEED_FIXES, "1.5e-4,3e-4,6e-4"),
+          "cpu": ({"size": (128, 4, 4), "ratio": 2, "context": 128, "rows": 32, "common_window": None, "warmup": 0,
+                   "decay": ("constant", 1.0), "tokens_per_step": 4096, "budget": 2_457_600, "steps": 600},
+                  {"size": (192, 6, 6), "ratio": 4, "context": 256, "rows": 16, "common_window": 128, "warmup": 100,
+                   "decay": ("cosine", 0.1)}, "5e-4,1e-3,2e-3")}
 
 
 @pytest.mark.parametrize("scale", SCALES)
-def test_rootcause_arms_change_one_factor_at_a_time_from_the_baseline(scale):
-    params = compose_config(["sweep=rootcause"], hydra=True).hydra.sweeper.params
+def test_rootcause_arms_change_one_factor_at_a_time_at_equal_tokens_steps_and_peak_lr(scale):
+    from lmlab.train import planned_steps
+
+    baseline, fixes, lr_grid = SCALES[scale]
+    params = compose_config(["sweep=rootcause", f"scale={scale}"], hydra=True).hydra.sweeper.params
     arms = params["+variant"].split(",")
     assert sorted(arms) == sorted(p.stem for p in (SWEEPS / "variant").glob("*.yaml"))
-    assert params["train.seed"] == "0,1"
+    assert (params["train.seed"], params["schedule.peak_lr"]) == ("0", lr_grid)  # stage 1: the LR grid on one seed
 
     def factors(arm: str) -> dict:
-        cfg = compose_config(["sweep=rootcause", f"scale={scale}", f"+variant={arm}"])
-        return {"size": (cfg.model.d_model, cfg.model.n_heads, cfg.model.n_layers), "ratio": cfg.model.d_ff_ratio,
-                "context": cfg.model.max_seq_len, "warmup": cfg.schedule.warmup_steps,
-                "packing": cfg.data.packing, "bugs": {k for k, on in cfg.bugs.items() if on},
-                "schedule": (cfg.schedule.peak_lr, cfg.schedule.decay), "budget": cfg.train.max_tokens}
+        cfg = compose_config(["sweep=rootcause", f"scale={scale}", f"+variant={arm}", "schedule.peak_lr=1e-3"])
+        validate(cfg)
+        t, m = cfg.train, cfg.model
+        return {"size": (m.d_model, m.n_heads, m.n_layers), "ratio": m.d_ff_ratio, "context": m.max_seq_len,
+                "rows": t.batch_size, "common_window": cfg.eval.common_window, "warmup": cfg.schedule.warmup_steps,
+                "decay": (cfg.schedule.decay, cfg.schedule.min_lr_ratio), "packing": cfg.data.packing,
+                "bugs": {k for k, on in cfg.bugs.items() if on}, "peak_lr": cfg.schedule.peak_lr,
+                "budget": t.max_tokens, "tokens_per_step": t.batch_size * t.grad_accum * m.max_seq_len,
+                "steps": planned_steps(t.max_steps, t.max_tokens, t.batch_size * t.grad_accum * m.max_seq_len)}
 
-    baseline, fixes = SCALES[scale]
     base = factors("baseline")
-    assert base == {**baseline, "packing": True, "bugs": set()}  # the seed had no warmup and no decay
-    assert factors("warmup")["schedule"][1] == "cosine"
+    assert base == {**baseline, "packing": True, "bugs": set(), "peak_lr": 1e-3}  # no warmup, no decay
     for arm in arms:
         arm_factors = factors(arm)
         changed = {k for k, v in arm_factors.items() if v != base[k]}
-        expected = {"baseline": set(), "all_fixes": set(fixes) | {"schedule"}, "warmup": {"warmup", "schedule"},
+        expected = {"baseline": set(), "context": {"context", "rows", "common_window"},
+                    "warmup_decay": {"warmup", "decay"}, "all_fixes": set(fixes),
                     "unpacked": {"packing"}, "bug_no_pad_mask": {"packing", "bugs"}}.get(
                         arm, {"bugs"} if arm.startswith("bug_") else {arm})
+        # Never the tokens a step, the steps, the budget or the peak LR: each arm's LR is the grid's.
         assert changed == expected, arm
         assert all(arm_factors[k] == fixes[k] for k in changed & set(fixes)), arm
+    # The context arm: the baseline's tokens in fewer, longer rows; test also on the baseline's windows.
+    assert fixes["rows"] * fixes["context"] == base["tokens_per_step"] and fixes["common_window"] == base["context"]
+
+
+def test_a_batch_that_does_not_fill_whole_rows_fails_before_any_compute():
+    cfg = compose_config(["sweep=rootcause", "scale=cpu", "+variant=context", "rootcause.batch_tokens=4000"])
+    with pytest.raises(Exception, match="4000 tokens do not fill whole rows of 256"):
+        validate(cfg)
+
+
+def test_isoflop_sweep_stops_each_size_at_each_flops_budget():
+    from lmlab.config import gpt_config
+    from lmlab.flops import model_flops_per_token, token_budget
+    from lmlab.model import GPT
+    from lmlab.train import planned_steps
+
+    cfg = compose_config(["sweep=isoflop"], hydra=True)
+    assert cfg.hydra.sweep.dir.startswith("outputs/sweeps/isoflop/")
+    params = cfg.hydra.sweeper.params
+    assert len(params["model.d_model"].split(",")) >= 3 and len(params["train.max_flops"].split(",")) >= 2
+    assert params["schedule.peak_lr"] == "1.5e-4,3e-4,6e-4"
+    for d_model, budget in ((128, 3e14), (384, 3e15)):
+        job = compose_config(["sweep=isoflop", f"model.d_model={d_model}", f"train.max_flops={budget}"])
+        validate(job)
+        t = job.train
+        assert (t.max_steps, t.max_tokens, job.schedule.warmup_steps, job.schedule.decay) == (None, None, 0, "cosine")
+        flops_tok = model_flops_per_token(GPT(gpt_config(job, 8192)))
+        tokens_per_step = t.batch_size * job.model.max_seq_len
+        steps = planned_steps(t.max_steps, token_budget(t.max_tokens, t.max_flops, flops_tok), tokens_per_step)
+        assert steps == math.ceil(budget / (flops_tok * tokens_per_step))  # the cosine horizon is the budget's
+
+
+@needs_mini
+def test_rootcause_stage1_jobs_run_at_equal_tokens_and_steps(tmp_path):
+    """Two arms of stage 1 end to end, shrunk to two steps: the context arm takes the baseline's
+    tokens in half the rows, and its test is also scored on the baseline's windows."""
+    sweep_dir = tmp_path / "rootcause"
+    r = run_cli(["-m", "sweep=rootcause", "scale=cpu", "+variant=baseline,context", "schedule.peak_lr=1e-3",
+                 f"data.local_dir={MINI}", "tokenizer.vocab_size=512", "train.max_tokens=8192", "eval.max_batches=2",
+                 "eval.sample_tokens=0", "logger=none", f"hydra.sweep.dir={sweep_dir}"], cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = {_overrides(d)["+variant"]: d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()}
+    summaries = {arm: _summary(d) for arm, d in jobs.items()}
+    assert sorted(jobs) == ["baseline", "context"] and all(s["status"] == "done" for s in summaries.values())
+    assert summaries["baseline"]["steps"] == summaries["context"]["steps"] == 2
+    assert summaries["baseline"]["tokens_seen"] == summaries["context"]["tokens_seen"] == 8192
+    assert summaries["context"]["common_window"] == 128 and "test_common_loss" in summaries["context"]
+    assert "test_common_loss" not in summaries["baseline"]
+    assert json.loads((jobs["context"] / "test_scores.json").read_text())["common"]["window"] == 128
 
 
 @needs_mini
