@@ -65,7 +65,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         run_dir, cfg.logger, {**config, "derived": derived}, group=group, name=job_name(hydra_cfg) or run_dir.name,
         tags=tags, resume_id=resume["train_state"]["wandb_run_id"] if resume else None)
     try:
-        with distributed.lost_processes_reported(cfg.train.dist_timeout_s):
+        with distributed.lost_processes_reported(cfg.train.dist_timeout_s, run_dir):
             summary = train(cfg, model, tokenizer, splits, tracker, run_dir, config, resume=resume, launched=LAUNCHED,
                             on_eval=eval_sampler(cfg, tokenizer, tracker, run_dir) if ranks.main else None, ranks=ranks)
         summary.update(processes=ranks.world, threads=threads, floors=floors, bugs=bugs)

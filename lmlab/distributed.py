@@ -111,17 +111,17 @@ def lost_process(e: BaseException) -> bool:
 
 
 @contextmanager
-def lost_processes_reported(timeout_s: float):
-    """Turns a lost process (`lost_process`) into one LostProcess line that says what to do."""
+def lost_processes_reported(timeout_s: float, run_dir):
+    """Turns a lost process (`lost_process`) into one LostProcess line that says how to go on."""
     try:
         yield
     except Exception as e:
         if not lost_process(e):
             raise
         cause = str(e).split("] ", 1)[-1].splitlines()[0]
-        raise LostProcess(f"another process of this launch died or stopped answering for train.dist_timeout_s="
-                          f"{timeout_s:g} s ({cause}); every process stops. Run the same command (with the same "
-                          "hydra.run.dir) again to resume from the last checkpoint") from None
+        raise LostProcess(f"another process of this launch died, or did not answer within train.dist_timeout_s="
+                          f"{timeout_s:g} s ({cause}); every process stops. Launch again with "
+                          f"hydra.run.dir={run_dir} to resume from its last checkpoint") from None
 
 
 def teardown() -> None:
