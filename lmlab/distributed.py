@@ -118,7 +118,8 @@ def lost_processes_reported(timeout_s: float, run_dir):
     except Exception as e:
         if not lost_process(e):
             raise
-        cause = str(e).split("] ", 1)[-1].splitlines()[0]
+        # The backend's first sentence, without gloo's source position ("[.../pair.cc:553] ").
+        cause = str(e).split("] ", 1)[-1].splitlines()[0].split(". ")[0]
         raise LostProcess(f"another process of this launch died, or did not answer within train.dist_timeout_s="
                           f"{timeout_s:g} s ({cause}); every process stops. Launch again with "
                           f"hydra.run.dir={run_dir} to resume from its last checkpoint") from None

@@ -27,8 +27,6 @@ TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 RUN = [f"data.local_dir={MINI}", *TINY, "train.grad_accum=2", "train.max_steps=12", "train.eval_every=6",
        "train.checkpoint_every=3", "train.keep_checkpoints=5", "eval.max_batches=3", "eval.sample_tokens=0",
        "logger=none", "schedule.warmup_steps=2"]
-
-
 # Dropout on; evaluations and checkpoints at 0, 12 and 24 only, so a stop's checkpoint stands out.
 DROPOUT = [*RUN, "model.dropout=0.1", "train.max_steps=24", "train.eval_every=12", "train.checkpoint_every=12"]
 THROUGHPUT = ("tokens_per_s", "tokens_per_s_per_device", "mfu")  # wall-clock
@@ -103,7 +101,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     one = run_cli([*RUN, f"hydra.run.dir={root / 'one'}"], cwd=REPO)
     assert one.returncode == 0, one.stderr[-3000:]
-    # No hydra.run.dir: both processes must still pick the same one, named after torchrun's run id.
+    # No hydra.run.dir: both processes must still pick the same one, stamped by the launch's first process.
     two = torchrun(RUN, cwd=root)
     assert two.returncode == 0, two.stderr[-3000:]
     (run_dir,) = (root / "outputs" / "runs").iterdir()
