@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from lmlab.checkpoint import load_checkpoint
+from lmlab.config import ConfigError, validate
 from lmlab.train import Preempted, StopSignals
-from tests.conftest import MINI, REPO, TEST_ENV, TINY, kill_when, needs_mini, newest_step, run_cli
+from tests.conftest import MINI, REPO, TEST_ENV, TINY, compose_config, kill_when, needs_mini, newest_step, run_cli
 
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lmlab")
 # Gradient accumulation on, so no_sync and the loss's global denominator are exercised; dropout
@@ -296,3 +297,8 @@ def test_a_hung_rank_stops_a_two_node_launch_within_dist_timeout_s_and_the_relau
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"(step {saved})" in again.stdout
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == saved + 2
+
+
+def test_dist_timeout_s_must_be_positive():
+    with pytest.raises(ConfigError, match="train.dist_timeout_s: must be positive, got 0.0"):
+        validate(compose_config(["train.dist_timeout_s=0"]))
