@@ -40,7 +40,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     threads = distributed.place_job(cfg.train.threads, parallel_jobs(hydra_cfg), hydra_cfg.job.num if multirun else 0)
-    ranks = distributed.setup(resolve_device(cfg.train.device))
+    ranks = distributed.setup(resolve_device(cfg.train.device), cfg.train.dist_timeout_s)
     resume = resume_checkpoint(cfg.train.resume, run_dir / "checkpoints")
     tokenizer, splits = load_splits(cfg.data, cfg.tokenizer)
     floors = load_floors(cfg.data, cfg.tokenizer, splits, tokenizer.vocab_size)
@@ -65,8 +65,9 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         run_dir, cfg.logger, {**config, "derived": derived}, group=group, name=job_name(hydra_cfg) or run_dir.name,
         tags=tags, resume_id=resume["train_state"]["wandb_run_id"] if resume else None)
     try:
-        summary = train(cfg, model, tokenizer, splits, tracker, run_dir, config, resume=resume, launched=LAUNCHED,
-                        on_eval=eval_sampler(cfg, tokenizer, tracker, run_dir) if ranks.main else None, ranks=ranks)
+        with distributed.lost_processes_reported(cfg.train.dist_timeout_s, run_dir):
+            summary = train(cfg, model, tokenizer, splits, tracker, run_dir, config, resume=resume, launched=LAUNCHED,
+                            on_eval=eval_sampler(cfg, tokenizer, tracker, run_dir) if ranks.main else None, ranks=ranks)
         summary.update(processes=ranks.world, threads=threads, floors=floors, bugs=bugs)
         tracker.write_summary(summary)  # before close: it also fills the W&B run's summary
     except Exception as e:

@@ -100,6 +100,10 @@ class TrainConfig:
     resume: Optional[str] = "auto"  # auto: this run dir's newest readable checkpoint, if any | PATH | null: start over
     checkpoint_every: Optional[int] = None  # null = eval_every; a resume point need not cost an evaluation
     keep_checkpoints: int = 2  # newest step-NNNNNNN.pt files kept; best.pt is kept besides
+    # Seconds a process waits in a collective for the others before the launch stops (see
+    # docs/scale-out.md): above the longest wait a healthy launch has, e.g. one node building a
+    # 118.6M-token cache (131 s on 2 cores) while the others read theirs.
+    dist_timeout_s: float = 300.0
 
 
 @dataclass
@@ -250,10 +254,21 @@ def job_name(hydra_cfg: DictConfig | None = None) -> str:
 
 
 def launch_stamp(pattern: str) -> str:
-    """A run or sweep dir name that every process of one launch agrees on: torchrun's run id (the
-    same in all its workers, on every node), else the time now in `pattern`."""
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    return f"torchrun-{run_id}" if run_id else datetime.now().strftime(pattern)
+    """A run or sweep dir name that every process of one launch agrees on, and no other launch
+    shares: the time now in `pattern`; under torchrun, `torchrun-` and the time its first process
+    read, shared with the others through torchrun's store (lmlab.distributed.first_offered).
+    torchrun's run id cannot serve: it is the literal `none` in a static launch
+    (--master-addr/--master-port) and the same in every launch given the same --rdzv-id."""
+    now = datetime.now().strftime(pattern)
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return now
+    from lmlab.distributed import first_offered
+
+    shared = first_offered("lmlab.launch_stamp", now)
+    if shared is None:
+        raise ConfigError("hydra.run.dir", "this torchrun launch shares no store with its processes "
+                          "(TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1), so they cannot agree on a run dir: set hydra.run.dir")
+    return f"torchrun-{shared}"
 
 
 def job_dirname(name: str, limit: int = 200) -> str:
@@ -285,7 +300,7 @@ def validate(cfg: DictConfig) -> None:
                     "train.max_steps", "train.max_tokens", "train.max_flops", "train.batch_size", "train.grad_accum",
                     "train.eval_every", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                     "eval.batch_size", "eval.max_batches", "eval.stride", "eval.common_window", "train.peak_tflops",
-                    "train.threads"])
+                    "train.threads", "train.dist_timeout_s"])
     if cfg.model.d_model % cfg.model.n_heads:
         raise ConfigError("model.n_heads", f"d_model={cfg.model.d_model} is not divisible by "
                           f"n_heads={cfg.model.n_heads}")

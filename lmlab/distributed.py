@@ -9,12 +9,17 @@ environment imports no torch, so an error before any compute is still answered a
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+
+
+class LostProcess(RuntimeError):
+    """Another process of the launch died or stopped answering: this one stops too."""
 
 
 @dataclass(frozen=True)
@@ -48,9 +53,10 @@ def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
     return torch.device("cuda", ranks.local_rank) if device.type == "cuda" and ranks.world > 1 else device
 
 
-def setup(device: torch.device) -> Ranks:
+def setup(device: torch.device, timeout_s: float) -> Ranks:
     """Join the launch's process group, if it has one: NCCL on CUDA (this process on its local
-    rank's GPU), gloo on the CPU."""
+    rank's GPU), gloo on the CPU. A collective that waits `timeout_s` (train.dist_timeout_s) for
+    a process that died or hangs fails, instead of after gloo's 30 or NCCL's 10 minutes."""
     import torch
     import torch.distributed as dist
 
@@ -59,9 +65,25 @@ def setup(device: torch.device) -> Ranks:
         device = rank_device(device, ranks)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s),
                                 device_id=device if device.type == "cuda" else None)
     return ranks
+
+
+def first_offered(key: str, value: str) -> str | None:
+    """Under torchrun, the `value` that the first process of this launch offered for `key`: the
+    same in every process of the launch, on every node, and in the processes torchrun restarts
+    (--max-restarts), and another in the next launch. It is kept in the TCP store that torchrun's
+    agent on the first node holds for as long as the launch runs and shares with its workers,
+    so it can be asked before any process group exists. None when the agent shares no store
+    (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1)."""
+    import torch.distributed as dist
+
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timedelta(seconds=60))
+    return store.compare_set(key, "", value).decode()
 
 
 def data_parallel(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.nn.Module:
@@ -76,6 +98,31 @@ def data_parallel(model: torch.nn.Module, ranks: Ranks, device: torch.device) ->
 def no_sync(module: torch.nn.Module):
     """A micro-step that accumulates gradients without the all-reduce (all but the last of a step)."""
     return module.no_sync() if hasattr(module, "no_sync") else nullcontext()
+
+
+def lost_process(e: BaseException) -> bool:
+    """Whether `e` is the backend's report of another process that died or stopped answering:
+    gloo raises a plain RuntimeError naming its transport ("Connection closed by peer", "Timed
+    out waiting ...ms for recv"), NCCL and the store raise torch.distributed's DistError."""
+    import torch.distributed as dist
+
+    return dist.is_initialized() and (isinstance(e, dist.DistError) or
+                                      (isinstance(e, RuntimeError) and "gloo/transport/" in str(e)))
+
+
+@contextmanager
+def lost_processes_reported(timeout_s: float, run_dir):
+    """Turns a lost process (`lost_process`) into one LostProcess line that says how to go on."""
+    try:
+        yield
+    except Exception as e:
+        if not lost_process(e):
+            raise
+        # The backend's first sentence, without gloo's source position ("[.../pair.cc:553] ").
+        cause = str(e).split("] ", 1)[-1].splitlines()[0].split(". ")[0]
+        raise LostProcess(f"another process of this launch died, or did not answer within train.dist_timeout_s="
+                          f"{timeout_s:g} s ({cause}); every process stops. Launch again with "
+                          f"hydra.run.dir={run_dir} to resume from its last checkpoint") from None
 
 
 def teardown() -> None:
@@ -105,6 +152,17 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([float(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def gather_to_main(obj, ranks: Ranks) -> list | None:
+    """Every rank's `obj` (picklable), by rank, on the main process; None on the others."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [obj]
+    gathered = [None] * ranks.world if ranks.main else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
 
 
 def barrier() -> None:

@@ -1,6 +1,7 @@
 """Errors a user causes and can fix, reported in one line instead of a traceback, and exit statuses.
 
-Exit status: 0 done; 1 a bug (with its traceback); 2 bad input, or training diverged;
+Exit status: 0 done; 1 a bug (with its traceback), or another process of a multi-process launch
+lost (one line); 2 bad input, or training diverged;
 75 (EX_TEMPFAIL) stopped by a signal after saving a checkpoint: run the same command again;
 130 interrupted (Ctrl-C) before training began, so with nothing to save.
 """
@@ -75,6 +76,11 @@ def exit_for(e: BaseException, prog: str = "lmlab") -> None:
         if isinstance(e, Preempted):
             print(f"{prog}: {e}", file=sys.stderr)
             sys.exit(EXIT_PREEMPTED)
+        from lmlab.distributed import LostProcess
+
+        if isinstance(e, LostProcess):  # a failure, not the user's input: status 1, but no traceback
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            sys.exit(1)
         if not isinstance(e, user_errors()):
             return
     if not _FULL_ERROR:

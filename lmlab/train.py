@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import signal
 import threading
 import time
@@ -25,6 +24,7 @@ from lmlab.evaluate import eval_rows, evaluate, score_split
 from lmlab.flops import mfu, model_flops_per_token, peak_flops, token_budget
 from lmlab.metrics import EvalResult
 from lmlab.model import GPT
+from lmlab.rng import capture_ranks_rng, restore_ranks_rng, seed_stream
 from lmlab.step import (TrainStep, compute_context, device_batches, make_optimizer, resolve_device,
                         resolve_precision)
 
@@ -81,26 +81,8 @@ class TrainState:
     cursor: int = 0
     best_val_loss: float = math.inf
     best_val: dict = field(default_factory=dict)  # val metrics of the best checkpoint
-    rng: dict = field(default_factory=dict)
+    rng: list = field(default_factory=list)  # each rank's generators, by rank (lmlab.rng)
     wandb_run_id: str | None = None
-
-
-def capture_rng() -> dict:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def device_peak(device: torch.device, tcfg) -> tuple[str, float | None]:
@@ -180,11 +162,11 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         state = TrainState(**resume["train_state"])
-        restore_rng(state.rng)
+        restore_ranks_rng(state.rng, tcfg.seed, state.step, ranks)
         if not (ckpt_dir / "best.pt").is_file():  # resumed from elsewhere: best.pt is this run dir's
             state.best_val_loss, state.best_val = math.inf, {}
-    else:
-        torch.manual_seed(tcfg.seed)
+    else:  # the weights were initialised alike on every rank; each draws its own dropout masks
+        seed_stream(tcfg.seed, ranks)
     if ranks.main:
         rewind_records(run_dir, state.step if resume is not None else -1)
     state.wandb_run_id = tracker.run_id
@@ -214,7 +196,7 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
     def checkpoint(best: bool = False) -> None:
         nonlocal saved_step
         state.epoch, state.cursor = sampler.epoch, sampler.cursor
-        state.rng = capture_rng()
+        state.rng = capture_ranks_rng(ranks)
         if ranks.main:
             writer.save(state.step, lambda: checkpoint_payload(model, tokenizer.ref, asdict(state), config, opt), best)
         saved_step = state.step
@@ -222,11 +204,17 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
     def done() -> bool:
         return state.step >= total or (max_tokens is not None and state.tokens >= max_tokens)
 
+    def throughput(tokens_per_s) -> dict:
+        """tokens/s of the whole launch (the global batch) and of each of its devices, and MFU per
+        device: the launch's FLOP/s over the peaks of all its devices."""
+        per_device = None if tokens_per_s is None else tokens_per_s / ranks.world
+        return {"tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
+                "mfu": mfu(flops_tok, per_device, peak)}
+
     def eval_and_checkpoint(train_loss, lr, tokens_per_s) -> EvalResult:
         val = run_eval("validation")
         tracker.log({"step": state.step, "tokens": state.tokens, "train_loss": train_loss,
-                     "val_loss": val.loss, "val_ppl": val.ppl, "lr": lr, "tokens_per_s": tokens_per_s,
-                     "mfu": mfu(flops_tok, tokens_per_s, peak)})
+                     "val_loss": val.loss, "val_ppl": val.ppl, "lr": lr, **throughput(tokens_per_s)})
         if ranks.main:
             log.info("step %d, %s tokens: train loss %s, val loss %.4f (ppl %.2f), %s tokens/s", state.step,
                      f"{state.tokens:,}", "-" if train_loss is None else f"{train_loss:.4f}", val.loss, val.ppl,
@@ -319,9 +307,9 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
             "best_val_loss": state.best_val_loss, **state.best_val, **test,
             "eval_windows": f"stride {cfg.eval.stride}" if cfg.eval.stride else "non-overlapping",
             "n_params": model.n_params(), "n_params_non_embedding": model.n_params(non_embedding=True),
-            "steps": state.step, "tokens_seen": state.tokens, "tokens_per_s": tokens_per_s,
-            "mfu": mfu(flops_tok, tokens_per_s, peak), "flops_per_token": flops_tok,
-            "train_flops": flops_tok * state.tokens, "max_flops": tcfg.max_flops, "device": device_name,
+            "steps": state.step, "tokens_seen": state.tokens, **throughput(tokens_per_s),
+            "flops_per_token": flops_tok, "train_flops": flops_tok * state.tokens, "max_flops": tcfg.max_flops,
+            "device": device_name,
             "peak_tflops": peak / 1e12 if peak else None, "compiled": step.compiled,
             "checkpoint_stall_s": max(writer.stalls, default=None), "wall_s": time.perf_counter() - started,
             "startup_s": first_step_at - launched if first_step_at and launched else None}

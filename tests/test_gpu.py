@@ -82,6 +82,6 @@ def test_a_resumed_gpu_run_is_bit_identical_with_deterministic_settings(tmp_path
     for pid, state in ref["optimizer"]["state"].items():
         for key, value in state.items():
             assert torch.equal(value, cut["optimizer"]["state"][pid][key]), (pid, key)
-    assert all(torch.equal(x, y) for x, y in zip(ref["train_state"]["rng"]["cuda"], cut["train_state"]["rng"]["cuda"]))
+    assert torch.equal(ref["train_state"]["rng"][0]["cuda"], cut["train_state"]["rng"][0]["cuda"])  # rank 0's GPU
     summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
     assert summary["device"].startswith("NVIDIA") and summary["tokens_per_s"] > 0

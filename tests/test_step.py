@@ -12,8 +12,9 @@ from lmlab.checkpoint import checkpoint_payload, load_checkpoint, write_checkpoi
 from lmlab.data import Sampler, Split, collate, document_rows, packed_rows, scored_targets
 from lmlab.evaluate import evaluate
 from lmlab.model import GPT, GPTConfig
+from lmlab.rng import capture_rng, restore_rng
 from lmlab.step import TrainStep, batch_loss, device_batches, make_optimizer, to_device
-from lmlab.train import capture_rng, lr_at, restore_rng
+from lmlab.train import lr_at
 
 CFG = GPTConfig(vocab_size=101, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=16)
 
