@@ -1,4 +1,6 @@
-"""The training loop, and TrainState: everything beyond the weights that a resumed run needs."""
+"""The training loop (`train`, run by a `Trainer` in named phases), and TrainState: everything
+beyond the weights that a resumed run needs. docs/reliability.md says how a run resumes, diverges
+and fails."""
 from __future__ import annotations
 
 import json
