@@ -10,6 +10,8 @@ import json
 import logging
 import math
 import os
+import shlex
+import sys
 from pathlib import Path
 
 import hydra
@@ -28,7 +30,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     import torch
 
     from lmlab import distributed
-    from lmlab.checkpoint import check_same_model, resume_checkpoint
+    from lmlab.checkpoint import check_same_run, resume_checkpoint
     from lmlab.data import load_splits
     from lmlab.data.floors import load_floors
     from lmlab.generate import eval_sampler
@@ -49,9 +51,9 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         log.warning("bug switch on: bugs.%s puts the seed's bug back on purpose; this run measures its cost", name)
     torch.manual_seed(cfg.train.seed)
     model = GPT(gpt_config(cfg, tokenizer.vocab_size))
-    if resume is not None:
-        check_same_model(resume, model.cfg)
     config = to_container(cfg)
+    if resume is not None:
+        check_same_run(resume, model.cfg, config["data"], tokenizer.ref)
     derived = {"d_ff": ModelConfig.d_ff(cfg.model), "vocab_size": tokenizer.vocab_size,
                "n_params": model.n_params(), "n_params_non_embedding": model.n_params(non_embedding=True),
                "tokens_per_step": cfg.train.batch_size * cfg.train.grad_accum * cfg.model.max_seq_len,
@@ -74,6 +76,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         if finished_summary(run_dir) is None:  # a finished run's results outlive a failed relaunch
             status = "preempted" if isinstance(e, Preempted) else "failed"
             tracker.write_summary({"status": status, "reason": f"{type(e).__name__}: {e}", **derived})
+        if isinstance(e, Preempted):
+            raise Preempted(f"{e}. Resume with: {resume_command(run_dir, multirun)}") from None
         raise
     finally:
         tracker.close()
@@ -133,6 +137,21 @@ def hydra_main(cfg: DictConfig) -> float:
                 return math.inf
         exit_for(e)
         raise
+
+
+def resume_command(run_dir: Path, multirun: bool) -> str:
+    """The command that resumes this run: the one that started it, naming its run dir (or a
+    sweep's dir), since a default dir is stamped anew at every launch."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    where = Path(HydraConfig.get().sweep.dir) if multirun else run_dir
+    args = [a for a in sys.argv[1:] if a.lstrip("+~").split("=", 1)[0] != key]
+    if not sys.argv[0].endswith("__main__.py"):
+        program = [Path(sys.argv[0]).name]
+    elif "TORCHELASTIC_RUN_ID" in os.environ:
+        program = ["torchrun", "...", "-m", "lmlab"]
+    else:
+        program = ["python", "-m", "lmlab"]
+    return shlex.join([*program, *args, f"{key}={where}"])
 
 
 def main() -> None:

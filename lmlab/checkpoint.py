@@ -50,8 +50,10 @@ def _host_copy(obj):
 def write_checkpoint(path: Path, payload: dict) -> None:
     payload["sha256"] = _digest(payload)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Through a Python file, unbuffered: a write the system refuses (a full disk) then leaves its
+    # OSError behind torch's own error, which says only that its zip writer failed.
+    with atomic_path(path) as tmp, open(tmp, "wb", buffering=0) as f:
+        torch.save(payload, f)
 
 
 def save_checkpoint(path: Path, model: GPT, tokenizer_ref: dict, train_state: dict, config: dict,
@@ -89,11 +91,16 @@ class CheckpointWriter:
         try:
             path = step_checkpoint(self.ckpt_dir, step)
             write_checkpoint(path, payload)
-            link_checkpoint(path, self.ckpt_dir / "last.pt")
+            # best.pt first: a kill before last.pt's link still resumes this step (the newest step
+            # file), whose best_val then describes what best.pt holds.
             if best:
                 link_checkpoint(path, self.ckpt_dir / "best.pt")
+            link_checkpoint(path, self.ckpt_dir / "last.pt")
             prune_checkpoints(self.ckpt_dir, self.keep)
             self.writes.append(time.perf_counter() - started)
+        except (OSError, RuntimeError) as e:  # a full or unwritable disk; torch.save says RuntimeError
+            self._error = CheckpointError(f"cannot save the checkpoint of step {step} in {self.ckpt_dir}: {_why(e)}")
+            self._error.__cause__ = e
         except BaseException as e:  # handed to the training thread at its next wait()
             self._error = e
 
@@ -109,6 +116,15 @@ class CheckpointWriter:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+def _why(e: BaseException) -> str:
+    """What the system said (No space left on device, ...), where torch.save's RuntimeError about
+    its zip writer has it as its context."""
+    for error in (e, e.__context__):
+        if isinstance(error, OSError) and error.strerror:
+            return error.strerror
+    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def link_checkpoint(src: Path, dst: Path) -> None:
@@ -130,6 +146,48 @@ def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
     """Delete all but the newest `keep` step files (best.pt, a hard link, keeps its own alive)."""
     for old in step_checkpoints(ckpt_dir)[keep:]:
         old.unlink()
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step whose weights a checkpoint file holds, read without loading its tensors (None:
+    no such file, or not a checkpoint)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["train_state"]["step"]
+    except Exception:
+        return None
+
+
+def relink_best(ckpt_dir: Path, best_step: int | None) -> bool:
+    """Make best.pt hold step `best_step` (what a resumed run's best_val describes), as a kill
+    between saving that step and linking best.pt to it left it; False where no file holds it."""
+    best = Path(ckpt_dir) / "best.pt"
+    if best_step is None or checkpoint_step(best) == best_step:
+        return best_step is not None
+    source = step_checkpoint(ckpt_dir, best_step)
+    if not source.is_file():
+        return False
+    link_checkpoint(source, best)
+    return True
+
+
+def discard_checkpoints(ckpt_dir: Path, from_step: int) -> int | None:
+    """Delete the checkpoints of step `from_step` and later (weights that diverged), best.pt
+    included, and link last.pt to the newest one left; returns its step (None: none is left)."""
+    ckpt_dir = Path(ckpt_dir)
+    kept = {}
+    for path in [*step_checkpoints(ckpt_dir), ckpt_dir / "best.pt"]:
+        step = checkpoint_step(path)
+        if step is not None and step >= from_step:
+            path.unlink()
+        elif step is not None:
+            kept.setdefault(step, path)
+    last = ckpt_dir / "last.pt"
+    if not kept:
+        last.unlink(missing_ok=True)
+        return None
+    newest = max(kept)
+    link_checkpoint(kept[newest], last)
+    return newest
 
 
 def _digest(payload: dict) -> str:
@@ -203,15 +261,29 @@ def resume_checkpoint(resume: str | None, ckpt_dir: Path) -> dict | None:
     return ckpt
 
 
-def check_same_model(ckpt: dict, model_cfg: GPTConfig) -> None:
-    """Refuse to resume into a different model: the error names every differing key."""
-    now = asdict(model_cfg)
-    diff = [f"{k}={ckpt['model_config'].get(k)} in the checkpoint, {v} now" for k, v in now.items()
-            if ckpt["model_config"].get(k) != v]
-    if diff:
-        raise CheckpointError(f"cannot resume step {ckpt['train_state']['step']}: the model differs in "
-                              f"{'; '.join(diff)}. Resume with the same model.*, or start over with "
-                              "train.resume=null or a new run dir")
+def check_same_run(ckpt: dict, model_cfg: GPTConfig, data: dict, tokenizer_ref: dict) -> None:
+    """Refuse to resume into a different model, corpus or tokenizer, in one line that names every
+    difference. The data compares by what it is, not where it lives (data.local_dir, cache_dir):
+    the same corpus may sit elsewhere on another machine."""
+    def differ(saved: dict, now: dict, ignore=()) -> list[str]:
+        return [f"{k}={saved.get(k)} in the checkpoint, {v} now" for k, v in now.items()
+                if k not in ignore and saved.get(k) != v]
+
+    problems = []
+    if diff := differ(ckpt["model_config"], asdict(model_cfg)):
+        problems.append(f"the model differs in {'; '.join(diff)}")
+    saved_data = ckpt["config"].get("data")
+    if saved_data is not None and (diff := differ(saved_data, data, ignore=("local_dir", "cache_dir"))):
+        problems.append(f"the data differs in {'; '.join(diff)}")
+    saved_tok = ckpt["tokenizer"]
+    if saved_tok.get("kind") != tokenizer_ref.get("kind"):
+        problems.append(f"tokenizer={saved_tok.get('kind')} in the checkpoint, {tokenizer_ref.get('kind')} now")
+    elif saved_tok != tokenizer_ref:
+        problems.append(f"the {tokenizer_ref.get('kind')} tokenizer's vocabulary differs")
+    if problems:
+        raise CheckpointError(f"cannot resume step {ckpt['train_state']['step']}: {'; '.join(problems)}. Resume with "
+                              "the same model.*, data.* and tokenizer.*, or start over with train.resume=null or a "
+                              "new run dir")
 
 
 def load_model(path: str | Path, map_location="cpu") -> tuple[GPT, Tokenizer, dict]:

@@ -1,9 +1,10 @@
 """Errors a user causes and can fix, reported in one line instead of a traceback, and exit statuses.
 
 Exit status: 0 done; 1 a bug (with its traceback), or another process of a multi-process launch
-lost (one line); 2 bad input, or training diverged;
-75 (EX_TEMPFAIL) stopped by a signal after saving a checkpoint: run the same command again;
-130 interrupted (Ctrl-C) before training began, so with nothing to save.
+lost (one line); 2 bad input, a checkpoint that cannot be written or resumed into this run, or
+training diverged; 75 (EX_TEMPFAIL) stopped by a signal after saving a checkpoint: the message ends
+with the command that resumes; 130 interrupted (Ctrl-C) before training began, so with nothing to
+save. docs/reliability.md says more.
 """
 from __future__ import annotations
 

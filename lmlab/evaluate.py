@@ -174,7 +174,7 @@ def run_config(args: EvaluateConfig, overrides: list[str], run: dict):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from lmlab.checkpoint import CheckpointError, load_model
+    from lmlab.checkpoint import load_model
     from lmlab.cli import parse_key_values
     from lmlab.errors import exit_bad_input, user_errors
     from lmlab.step import compute_context, resolve_device

@@ -120,8 +120,9 @@ def device_batches(tokens, sampler: Sampler, count: int, eos_id: int, segments: 
                    ranks: Ranks = Ranks(), bugs=None) -> tuple[list[tuple[dict, int]], int]:
     """The next `count` micro-batches: for each, this rank's share of the sampler's global rows on
     the device, with the seed's bugs that `bugs` turns on (see `with_seed_bugs`), and the number of
-    real targets the whole global micro-batch scores (the loss's denominator); and the step's total
-    of those, counted on the host from the rows alone, so every arm stops at the same data.
+    real targets the whole global micro-batch scores (summed over the step: the loss's
+    denominator); and the step's total of those, counted on the host from the rows alone, so
+    every arm stops at the same data.
 
     Every rank draws the same global rows (same seed, same position) and keeps its contiguous
     part, so the data and the sampler's position do not depend on the number of processes."""
@@ -151,9 +152,11 @@ def batch_loss(model, batch: dict, device, reduction: str = "mean") -> torch.Ten
 
 class TrainStep:
     """One optimizer step: forward and backward over the micro-batches, clip, AdamW, zero the
-    gradients. Each micro-batch's loss is its summed cross-entropy over the global micro-batch's
-    target count and the number of micro-batches, so the gradient is the mean over all of them,
-    whatever the number of processes; under DDP only the last micro-batch all-reduces."""
+    gradients. Each micro-batch's loss is its summed cross-entropy over the target count of the
+    whole step (every micro-batch, every rank), so every scored target weighs the same and the
+    gradient is the full batch's, however it is split into micro-batches and processes; a mean of
+    the micro-batches' means would weigh a short document's targets more where rows are unpacked.
+    Under DDP only the last micro-batch all-reduces."""
 
     def __init__(self, model: GPT, optimizer: torch.optim.Optimizer, device: torch.device, tcfg,
                  ranks: Ranks = Ranks()):
@@ -173,10 +176,11 @@ class TrainStep:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=self.device)
-        for i, (batch, n_targets) in enumerate(micro_batches):
+        step_targets = sum(n_targets for _, n_targets in micro_batches)
+        for i, (batch, _) in enumerate(micro_batches):
             with nullcontext() if i == len(micro_batches) - 1 else no_sync(self.module):
                 with compute_context(self.device, self.tcfg):
-                    share = self.loss_fn(self.module, **batch, reduction="sum") / (n_targets * len(micro_batches))
+                    share = self.loss_fn(self.module, **batch, reduction="sum") / step_targets
                 # DDP averages gradients over the ranks; the shares are to be summed.
                 (share * self.ranks.world).backward()
             total += share.detach()

@@ -1,4 +1,6 @@
-"""The training loop, and TrainState: everything beyond the weights that a resumed run needs."""
+"""The training loop (`train`, run by a `Trainer` in named phases), and TrainState: everything
+beyond the weights that a resumed run needs. docs/reliability.md says how a run resumes, diverges
+and fails."""
 from __future__ import annotations
 
 import json
@@ -16,7 +18,8 @@ import torch
 from tqdm import tqdm
 
 from lmlab.atomic import write_text
-from lmlab.checkpoint import CheckpointWriter, checkpoint_payload, load_checkpoint
+from lmlab.checkpoint import (CheckpointWriter, checkpoint_payload, discard_checkpoints, load_checkpoint,
+                              relink_best)
 from lmlab.config import ConfigError
 from lmlab.data import Sampler, Split, document_rows, packed_rows
 from lmlab.distributed import Ranks, all_reduce_sum, any_rank, barrier, rank_device
@@ -32,7 +35,8 @@ log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
-    pass
+    """The loss, the validation loss or the weights stopped being finite; no checkpoint of those
+    weights or later ones is left."""
 
 
 class Preempted(Exception):
@@ -81,6 +85,7 @@ class TrainState:
     cursor: int = 0
     best_val_loss: float = math.inf
     best_val: dict = field(default_factory=dict)  # val metrics of the best checkpoint
+    best_step: int | None = None  # the step best.pt holds
     rng: list = field(default_factory=list)  # each rank's generators, by rank (lmlab.rng)
     wandb_run_id: str | None = None
 
@@ -122,6 +127,10 @@ def train_rows(cfg, split: Split, eos_id: int) -> np.ndarray:
     return document_rows(split.tokens, eos_id, cfg.model.max_seq_len)
 
 
+def weights_finite(model: torch.nn.Module) -> bool:
+    return bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all())
+
+
 def rewind_records(run_dir: Path, step: int) -> None:
     """Drop the run dir's .jsonl records (metrics, samples) logged after `step`: a run resumed from
     that step logs them again. A line cut short by a kill is dropped too."""
@@ -136,6 +145,31 @@ def rewind_records(run_dir: Path, step: int) -> None:
         write_text(path, "".join(kept))
 
 
+class Throughput:
+    """Training tokens per second, measured between reads of the loss: evaluation and checkpoints
+    are left out, and so are this process's first steps (compilation, allocator warm-up make them
+    several times slower)."""
+
+    def __init__(self, step: int, total: int):
+        self.skip = step + min(5, total // 10)
+        self.tokens, self.seconds = 0, 0.0
+        self.restart(step)
+
+    def restart(self, step: int) -> None:
+        """A new window, from the step after `step`."""
+        self.window_start, self.window_tokens, self.window_first = time.perf_counter(), 0, step + 1
+
+    def add(self, n_tokens: int) -> None:
+        self.window_tokens += n_tokens
+
+    def read(self) -> float | None:
+        """Close the window; tokens/s over every window past the first steps (None: none yet)."""
+        if self.window_first > self.skip:
+            self.tokens += self.window_tokens
+            self.seconds += time.perf_counter() - self.window_start
+        return self.tokens / self.seconds if self.seconds else None
+
+
 def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir: Path, config: dict,
           resume: dict | None = None, on_eval=None, launched: float | None = None, ranks: Ranks = Ranks()) -> dict:
     """Train until train.max_steps, train.max_tokens or train.max_flops, evaluating every
@@ -146,170 +180,218 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
     each evaluation (used to write samples); `launched` is the process's start (time.time()), from
     which the summary's startup_s counts to the end of the first step. With several `ranks`
     (torchrun), each trains on its part of every global batch under DDP and only the main one
-    writes. A stop signal checkpoints and raises Preempted; a non-finite loss raises
-    TrainingDiverged, leaving the last good checkpoint. Returns the summary.
+    writes. A stop signal checkpoints and raises Preempted; a non-finite loss, validation loss or
+    weights raise TrainingDiverged, leaving only checkpoints of good weights. Returns the summary.
     """
-    tcfg, eos = cfg.train, tokenizer.eos_id
-    if tcfg.batch_size % ranks.world:
-        raise ConfigError("train.batch_size", f"a global batch of {tcfg.batch_size} rows does not split evenly over "
-                          f"{ranks.world} processes; make it a multiple of {ranks.world}")
-    device = rank_device(resolve_device(tcfg.device), ranks)
-    model.to(device)
-    opt = make_optimizer(model, tcfg, fused=device.type == "cuda")
-    ckpt_dir = run_dir / "checkpoints"
-    state = TrainState()
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        state = TrainState(**resume["train_state"])
-        restore_ranks_rng(state.rng, tcfg.seed, state.step, ranks)
-        if not (ckpt_dir / "best.pt").is_file():  # resumed from elsewhere: best.pt is this run dir's
-            state.best_val_loss, state.best_val = math.inf, {}
-    else:  # the weights were initialised alike on every rank; each draws its own dropout masks
-        seed_stream(tcfg.seed, ranks)
-    if ranks.main:
-        rewind_records(run_dir, state.step if resume is not None else -1)
-    state.wandb_run_id = tracker.run_id
-
-    rows = {"train": train_rows(cfg, splits["train"], eos),
-            "validation": eval_rows(len(splits["validation"].tokens), cfg.model.max_seq_len, cfg.eval.stride)}
-    try:
-        sampler = Sampler(rows["train"], tcfg.batch_size, tcfg.seed, state.epoch, state.cursor)
-    except ValueError as e:  # more rows asked for than the data has: the user's config to fix
-        raise ConfigError("train.batch_size", str(e)) from None
-    flops_tok = model_flops_per_token(model)
-    max_tokens = token_budget(tcfg.max_tokens, tcfg.max_flops, flops_tok)
-    total = planned_steps(tcfg.max_steps, max_tokens, tcfg.batch_size * tcfg.grad_accum * cfg.model.max_seq_len)
-    step = TrainStep(model, opt, device, tcfg, ranks)
-    segments = cfg.model.doc_mask
-    checkpoint_every = tcfg.checkpoint_every or tcfg.eval_every
-    saved_step = state.step if resume is not None else None
-    writer = CheckpointWriter(ckpt_dir, tcfg.keep_checkpoints)
-    device_name, peak = device_peak(device, tcfg)
-
-    def run_eval(split: str, split_rows: np.ndarray | None = None) -> EvalResult:
-        split_rows = rows[split] if split_rows is None else split_rows
-        return evaluate(model, splits[split], split_rows, eos, cfg.eval.batch_size, device,
-                        partial(compute_context, device, tcfg), segments, cfg.eval.max_batches, ranks,
-                        train_mode=cfg.bugs.eval_in_train_mode)
-
-    def checkpoint(best: bool = False) -> None:
-        nonlocal saved_step
-        state.epoch, state.cursor = sampler.epoch, sampler.cursor
-        state.rng = capture_ranks_rng(ranks)
-        if ranks.main:
-            writer.save(state.step, lambda: checkpoint_payload(model, tokenizer.ref, asdict(state), config, opt), best)
-        saved_step = state.step
-
-    def done() -> bool:
-        return state.step >= total or (max_tokens is not None and state.tokens >= max_tokens)
-
-    def throughput(tokens_per_s) -> dict:
-        """tokens/s of the whole launch (the global batch) and of each of its devices, and MFU per
-        device: the launch's FLOP/s over the peaks of all its devices."""
-        per_device = None if tokens_per_s is None else tokens_per_s / ranks.world
-        return {"tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
-                "mfu": mfu(flops_tok, per_device, peak)}
-
-    def eval_and_checkpoint(train_loss, lr, tokens_per_s) -> EvalResult:
-        val = run_eval("validation")
-        tracker.log({"step": state.step, "tokens": state.tokens, "train_loss": train_loss,
-                     "val_loss": val.loss, "val_ppl": val.ppl, "lr": lr, **throughput(tokens_per_s)})
-        if ranks.main:
-            log.info("step %d, %s tokens: train loss %s, val loss %.4f (ppl %.2f), %s tokens/s", state.step,
-                     f"{state.tokens:,}", "-" if train_loss is None else f"{train_loss:.4f}", val.loss, val.ppl,
-                     "-" if tokens_per_s is None else f"{tokens_per_s:,.0f}")
-        improved = val.loss < state.best_val_loss
-        if improved:
-            state.best_val_loss, state.best_val = val.loss, val.metrics("val")
-        if on_eval is not None:  # before the checkpoint, so the RNG it saves is the one training goes on with
-            on_eval(model, state)
-        checkpoint(best=improved)
-        return val
-
-    # Losses stay on the device until a log step, an evaluation or a checkpoint reads them all at
-    # once (summing the ranks' shares): the only waits for the device between evaluations, and the
-    # points where all ranks agree to stop. A non-finite loss stops the run there on every rank,
-    # before anything is saved from the weights it produced.
-    pending: list[torch.Tensor] = []
-
-    def read_losses() -> float:
-        values = all_reduce_sum(torch.stack(pending)).tolist()
-        first_step = state.step - len(values) + 1
-        pending.clear()
-        for i, value in enumerate(values):
-            if not math.isfinite(value):
-                writer.wait()
-                raise TrainingDiverged(f"training diverged: loss is {value} at step {first_step + i - 1}; "
-                                       f"the last good checkpoint is {ckpt_dir / 'last.pt'} (step {saved_step})")
-        return values[-1]
-
-    tokens_per_s, started, first_step_at = None, time.perf_counter(), None
+    trainer = Trainer(cfg, model, tokenizer, splits, tracker, run_dir, config, on_eval, ranks)
+    trainer.start(resume)
     try:
         # From the first evaluation on, a stop signal waits for a step boundary; the bar is closed
         # before any error is printed, so the error gets a line of its own.
-        # The bars show on a terminal only (as tqdm decides); logs get one line per evaluation.
-        with StopSignals() as stop, tqdm(total=total, initial=state.step, desc="train", unit="step",
-                                         dynamic_ncols=True, disable=None if ranks.main else True) as bar:
-            # Step 0 is scored too: the untrained baseline every curve starts from.
-            val = eval_and_checkpoint(None, lr_at(0, cfg.schedule, total), None) if resume is None else None
-            # Throughput leaves out this process's first steps (compilation, allocator warm-up make
-            # them several times slower) and evaluation, and is measured between reads of the loss.
-            skip = state.step + min(5, total // 10)
-            timed_tokens, timed_s = 0, 0.0
-            window_start, window_tokens, window_first = time.perf_counter(), 0, state.step + 1
-            model.train()
-            while not done():
-                lr = lr_at(state.step, cfg.schedule, total)
-                micro, n_tokens = device_batches(splits["train"].tokens, sampler, tcfg.grad_accum, eos,
-                                                 segments, device, ranks, cfg.bugs)
-                pending.append(step(micro, lr))
-                if first_step_at is None:
-                    first_step_at = time.time()
-                state.step += 1
-                state.tokens += n_tokens
-                window_tokens += n_tokens
-                bar.update(1)
-                evaluating = state.step % tcfg.eval_every == 0 or done()
-                saving = evaluating or state.step % checkpoint_every == 0
-                # One process stops at once; several only where they all read the loss, together.
-                if not (saving or state.step % tcfg.log_every == 0 or (stop.received and ranks.world == 1)):
-                    continue
-                loss = read_losses()
-                stopping = any_rank(stop.received is not None, device)
-                if window_first > skip:
-                    timed_tokens, timed_s = timed_tokens + window_tokens, timed_s + time.perf_counter() - window_start
-                tokens_per_s = timed_tokens / timed_s if timed_s else None
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s or 0:,.0f}")
-                if evaluating:
-                    val = eval_and_checkpoint(loss, lr, tokens_per_s)
-                elif (saving or stopping) and saved_step != state.step:
-                    checkpoint()
-                if stopping:
-                    writer.wait()
-                    raise Preempted(f"stopped by {stop.received or 'a signal to another rank'} at step {state.step}; "
-                                    f"checkpoint saved to {ckpt_dir / 'last.pt'}. Run the same command again to resume")
-                window_start, window_tokens, window_first = time.perf_counter(), 0, state.step + 1
-        writer.wait()
+        with StopSignals() as stop, trainer.progress_bar() as bar:
+            if resume is None:  # step 0 is scored too: the untrained baseline every curve starts from
+                trainer.evaluate_and_checkpoint(None, lr_at(0, cfg.schedule, trainer.total), None)
+            trainer.loop(stop, bar)
+        trainer.writer.wait()
     finally:
-        writer.close()
-    barrier()  # every rank reads best.pt below: the main one has finished writing it
-    if val is None:  # resumed after the last step: score the final weights that were not scored here
-        val = run_eval("validation")
+        trainer.writer.close()
+    return trainer.finish(launched)
 
-    # Test is scored once, with the weights that were best on validation.
-    model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", device)["model"])
-    test, scores = score_split(partial(run_eval, "test"), len(splits["test"].tokens), cfg.model.max_seq_len,
-                               cfg.eval)
-    if ranks.main:
-        write_text(run_dir / "test_scores.json", json.dumps(scores))
-    return {"status": "done", "val_ppl": val.ppl, "best_val_ppl": math.exp(state.best_val_loss),
-            "best_val_loss": state.best_val_loss, **state.best_val, **test,
-            "eval_windows": f"stride {cfg.eval.stride}" if cfg.eval.stride else "non-overlapping",
-            "n_params": model.n_params(), "n_params_non_embedding": model.n_params(non_embedding=True),
-            "steps": state.step, "tokens_seen": state.tokens, **throughput(tokens_per_s),
-            "flops_per_token": flops_tok, "train_flops": flops_tok * state.tokens, "max_flops": tcfg.max_flops,
-            "device": device_name,
-            "peak_tflops": peak / 1e12 if peak else None, "compiled": step.compiled,
-            "checkpoint_stall_s": max(writer.stalls, default=None), "wall_s": time.perf_counter() - started,
-            "startup_s": first_step_at - launched if first_step_at and launched else None}
+
+class Trainer:
+    """One run's state and the phases `train` goes through: start (fresh or resumed), the step
+    loop, which evaluates and checkpoints on its way, and finish (validation, test, summary)."""
+
+    def __init__(self, cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir: Path, config: dict,
+                 on_eval, ranks: Ranks):
+        tcfg = cfg.train
+        if tcfg.batch_size % ranks.world:
+            raise ConfigError("train.batch_size", f"a global batch of {tcfg.batch_size} rows does not split evenly "
+                              f"over {ranks.world} processes; make it a multiple of {ranks.world}")
+        self.cfg, self.tcfg, self.model, self.tokenizer, self.splits = cfg, tcfg, model, tokenizer, splits
+        self.tracker, self.run_dir, self.config, self.on_eval, self.ranks = tracker, run_dir, config, on_eval, ranks
+        self.device = rank_device(resolve_device(tcfg.device), ranks)
+        model.to(self.device)
+        self.opt = make_optimizer(model, tcfg, fused=self.device.type == "cuda")
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.state = TrainState()
+        eos = tokenizer.eos_id
+        self.rows = {"train": train_rows(cfg, splits["train"], eos),
+                     "validation": eval_rows(len(splits["validation"].tokens), cfg.model.max_seq_len, cfg.eval.stride)}
+        self.flops_tok = model_flops_per_token(model)
+        self.max_tokens = token_budget(tcfg.max_tokens, tcfg.max_flops, self.flops_tok)
+        self.total = planned_steps(tcfg.max_steps, self.max_tokens, tcfg.batch_size * tcfg.grad_accum * cfg.model.max_seq_len)
+        self.checkpoint_every = tcfg.checkpoint_every or tcfg.eval_every
+        self.writer = CheckpointWriter(self.ckpt_dir, tcfg.keep_checkpoints)
+        self.device_name, self.peak = device_peak(self.device, tcfg)
+        self.saved_step: int | None = None  # the step of the newest checkpoint
+        self.val: EvalResult | None = None  # the newest validation score
+        # Losses stay on the device until a log step, an evaluation or a checkpoint reads them all
+        # at once (summing the ranks' shares): the only waits for the device between evaluations.
+        self.pending: list[torch.Tensor] = []
+        self.tokens_per_s: float | None = None
+        self.started, self.first_step_at = None, None
+
+    def start(self, resume: dict | None) -> None:
+        """Fresh, from train.seed; or exactly where the checkpoint `resume` left off: weights,
+        optimizer, train state, RNG and data position."""
+        state = self.state
+        if resume is not None:
+            self.model.load_state_dict(resume["model"])
+            self.opt.load_state_dict(resume["optimizer"])
+            state = self.state = TrainState(**resume["train_state"])
+            restore_ranks_rng(state.rng, self.tcfg.seed, state.step, self.ranks)
+            self.saved_step = state.step
+            # best.pt must hold what best_val describes: a kill can come before its link, and a
+            # checkpoint from another run dir has no best.pt here.
+            if self.ranks.main and not relink_best(self.ckpt_dir, state.best_step):
+                state.best_val_loss, state.best_val, state.best_step = math.inf, {}, None
+        else:  # the weights were initialised alike on every rank; each draws its own dropout masks
+            seed_stream(self.tcfg.seed, self.ranks)
+        if self.ranks.main:
+            rewind_records(self.run_dir, state.step if resume is not None else -1)
+        state.wandb_run_id = self.tracker.run_id
+        try:
+            self.sampler = Sampler(self.rows["train"], self.tcfg.batch_size, self.tcfg.seed, state.epoch, state.cursor)
+        except ValueError as e:  # more rows asked for than the data has: the user's config to fix
+            raise ConfigError("train.batch_size", str(e)) from None
+        self.train_step = TrainStep(self.model, self.opt, self.device, self.tcfg, self.ranks)
+        self.started = time.perf_counter()
+
+    def progress_bar(self) -> tqdm:
+        # On a terminal only (as tqdm decides); logs get one line per evaluation.
+        return tqdm(total=self.total, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True,
+                    disable=None if self.ranks.main else True)
+
+    def done(self) -> bool:
+        return self.state.step >= self.total or (self.max_tokens is not None and self.state.tokens >= self.max_tokens)
+
+    def loop(self, stop: StopSignals, bar: tqdm) -> None:
+        """Train until done(). The loss is read (by all ranks together) at log, evaluation and
+        checkpoint steps, the points where the ranks agree to stop on a signal."""
+        state, tcfg = self.state, self.tcfg
+        throughput = Throughput(state.step, self.total)
+        self.model.train()
+        while not self.done():
+            lr = lr_at(state.step, self.cfg.schedule, self.total)
+            micro, n_tokens = device_batches(self.splits["train"].tokens, self.sampler, tcfg.grad_accum,
+                                             self.tokenizer.eos_id, self.cfg.model.doc_mask, self.device, self.ranks,
+                                             self.cfg.bugs)
+            self.pending.append(self.train_step(micro, lr))
+            if self.first_step_at is None:
+                self.first_step_at = time.time()
+            state.step += 1
+            state.tokens += n_tokens
+            throughput.add(n_tokens)
+            bar.update(1)
+            evaluating = state.step % tcfg.eval_every == 0 or self.done()
+            saving = evaluating or state.step % self.checkpoint_every == 0
+            # One process stops at once; several only where they all read the loss, together.
+            if not (saving or state.step % tcfg.log_every == 0 or (stop.received and self.ranks.world == 1)):
+                continue
+            loss = self.read_losses()
+            stopping = any_rank(stop.received is not None, self.device)
+            self.tokens_per_s = throughput.read()
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{self.tokens_per_s or 0:,.0f}")
+            if evaluating:
+                self.evaluate_and_checkpoint(loss, lr, self.tokens_per_s)
+            elif (saving or stopping) and self.saved_step != state.step:
+                self.checkpoint()
+            if stopping:
+                self.writer.wait()
+                raise Preempted(f"stopped by {stop.received or 'a signal to another rank'} at step {state.step}; "
+                                f"checkpoint saved to {self.ckpt_dir / 'last.pt'}")
+            throughput.restart(state.step)
+
+    def read_losses(self) -> float:
+        """The losses of the steps since the last read; the newest. The loss of step k is that of
+        the weights of step k - 1: a non-finite one is their divergence."""
+        values = all_reduce_sum(torch.stack(self.pending)).tolist()
+        first_step = self.state.step - len(values) + 1
+        self.pending.clear()
+        for i, value in enumerate(values):
+            if not math.isfinite(value):
+                weights = first_step + i - 1
+                raise self.diverged(weights, f"the weights of step {weights} give a training loss of {value}")
+        return values[-1]
+
+    def evaluate(self, split: str, rows: np.ndarray | None = None) -> EvalResult:
+        rows = self.rows[split] if rows is None else rows
+        return evaluate(self.model, self.splits[split], rows, self.tokenizer.eos_id,
+                        self.cfg.eval.batch_size, self.device, partial(compute_context, self.device, self.tcfg),
+                        self.cfg.model.doc_mask, self.cfg.eval.max_batches, self.ranks,
+                        train_mode=self.cfg.bugs.eval_in_train_mode)
+
+    def evaluate_and_checkpoint(self, train_loss, lr, tokens_per_s) -> None:
+        state = self.state
+        val = self.val = self.evaluate("validation")
+        self.tracker.log({"step": state.step, "tokens": state.tokens, "train_loss": train_loss,
+                          "val_loss": val.loss, "val_ppl": val.ppl, "lr": lr, **self.throughput(tokens_per_s)})
+        if self.ranks.main:
+            log.info("step %d, %s tokens: train loss %s, val loss %.4f (ppl %.2f), %s tokens/s", state.step,
+                     f"{state.tokens:,}", "-" if train_loss is None else f"{train_loss:.4f}", val.loss, val.ppl,
+                     "-" if tokens_per_s is None else f"{tokens_per_s:,.0f}")
+        if not math.isfinite(val.loss):
+            raise self.diverged(state.step, f"the weights of step {state.step} give a validation loss of {val.loss}")
+        improved = val.loss < state.best_val_loss
+        if improved:
+            state.best_val_loss, state.best_val, state.best_step = val.loss, val.metrics("val"), state.step
+        if self.on_eval is not None:  # before the checkpoint, so the RNG it saves is the one training goes on with
+            self.on_eval(self.model, state)
+        self.checkpoint(best=improved)
+
+    def checkpoint(self, best: bool = False) -> None:
+        """Save this step (the main rank writes it in the background); never weights that are not finite."""
+        state = self.state
+        if not weights_finite(self.model):
+            raise self.diverged(state.step, f"the weights of step {state.step} are not finite")
+        state.epoch, state.cursor = self.sampler.epoch, self.sampler.cursor
+        state.rng = capture_ranks_rng(self.ranks)
+        if self.ranks.main:
+            self.writer.save(state.step, lambda: checkpoint_payload(self.model, self.tokenizer.ref, asdict(state),
+                                                                    self.config, self.opt), best)
+        self.saved_step = state.step
+
+    def throughput(self, tokens_per_s: float | None) -> dict:
+        """tokens/s of the whole launch (the global batch) and of each of its devices, and MFU per
+        device: the launch's FLOP/s over the peaks of all its devices."""
+        per_device = None if tokens_per_s is None else tokens_per_s / self.ranks.world
+        return {"tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
+                "mfu": mfu(self.flops_tok, per_device, self.peak)}
+
+    def diverged(self, bad_step: int, what: str) -> TrainingDiverged:
+        """The error that ends a diverged run, once the checkpoints of `bad_step` and later are gone
+        (the main rank deletes them; the others learn which step is left)."""
+        self.writer.close()  # its error, if any, matters less than this one
+        kept = discard_checkpoints(self.ckpt_dir, bad_step) if self.ranks.main else None
+        found = torch.tensor([0 if kept is None else kept + 1], device=self.device)
+        kept = int(all_reduce_sum(found).item()) - 1
+        if kept < 0:
+            return TrainingDiverged(f"training diverged: {what}; no checkpoint holds earlier weights: a rerun starts over")
+        return TrainingDiverged(f"training diverged: {what}; the last good checkpoint is {self.ckpt_dir / 'last.pt'} "
+                                f"(step {kept}), where a rerun resumes (to diverge again unless a setting such as "
+                                "schedule.peak_lr changes); train.resume=null starts over")
+
+    def finish(self, launched: float | None) -> dict:
+        """Validation of the final weights and test, scored once with the weights best on
+        validation; returns the run's summary."""
+        barrier()  # every rank reads best.pt below: the main one has finished writing it
+        if self.val is None:  # resumed after the last step: score the final weights that were not scored here
+            self.val = self.evaluate("validation")
+        self.model.load_state_dict(load_checkpoint(self.ckpt_dir / "best.pt", self.device)["model"])
+        test, scores = score_split(partial(self.evaluate, "test"), len(self.splits["test"].tokens),
+                                   self.cfg.model.max_seq_len, self.cfg.eval)
+        if self.ranks.main:
+            write_text(self.run_dir / "test_scores.json", json.dumps(scores))
+        state, model, peak = self.state, self.model, self.peak
+        return {"status": "done", "val_ppl": self.val.ppl, "best_val_ppl": math.exp(state.best_val_loss),
+                "best_val_loss": state.best_val_loss, **state.best_val, **test,
+                "eval_windows": f"stride {self.cfg.eval.stride}" if self.cfg.eval.stride else "non-overlapping",
+                "n_params": model.n_params(), "n_params_non_embedding": model.n_params(non_embedding=True),
+                "steps": state.step, "tokens_seen": state.tokens, **self.throughput(self.tokens_per_s),
+                "flops_per_token": self.flops_tok, "train_flops": self.flops_tok * state.tokens,
+                "max_flops": self.tcfg.max_flops, "device": self.device_name,
+                "peak_tflops": peak / 1e12 if peak else None, "compiled": self.train_step.compiled,
+                "checkpoint_stall_s": max(self.writer.stalls, default=None),
+                "wall_s": time.perf_counter() - self.started,
+                "startup_s": self.first_step_at - launched if self.first_step_at and launched else None}

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from lmlab.data import load_splits
-from tests.conftest import MINI, REPO, TINY, compose_config, needs_mini, run_cli
+from tests.conftest import MINI, REPO, TINY, compose_config, run_cli
 
 BUDGET = 2e8  # FLOPs: a few steps of the TINY model (~2e5 FLOPs a token, 256 tokens a step)
 

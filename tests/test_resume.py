@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from lmlab.checkpoint import load_checkpoint, step_checkpoint
+from lmlab.checkpoint import link_checkpoint, load_checkpoint, step_checkpoint
 from tests.conftest import MINI, REPO, kill_when, needs_mini, newest_step, run_cli
 
 pytestmark = needs_mini
@@ -73,6 +73,28 @@ def test_killed_runs_resume_bit_identical(tmp_path):
         assert_identical(ref, run)
         assert json.loads((run / "summary.json").read_text())["status"] == "done"
     print("resumed from steps", resumed_from)
+
+
+def test_best_pt_holds_the_weights_best_val_loss_describes_after_a_kill(tmp_path):
+    """A kill after a step's checkpoint is saved but before best.pt is linked to it: the resumed
+    run's best_val_loss is that step's, so best.pt must be made to hold it before test is scored."""
+    run = tmp_path / "run"
+    args = [*RUN[:-5], "schedule=none", "schedule.peak_lr=3e-3", "train.max_steps=4", "train.eval_every=2",
+            "train.keep_checkpoints=3", f"hydra.run.dir={run}"]
+    assert run_cli(args, cwd=REPO).returncode == 0
+    val_losses = [m["val_loss"] for m in metrics(run)]
+    assert [m["step"] for m in metrics(run)] == [0, 2, 4] and val_losses == sorted(val_losses, reverse=True)
+    ckpts = run / "checkpoints"
+    assert (ckpts / "best.pt").samefile(ckpts / "step-0000004.pt")
+    finished = json.loads((run / "summary.json").read_text())
+
+    link_checkpoint(ckpts / "step-0000002.pt", ckpts / "best.pt")  # as the kill left it
+    r = run_cli(args, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (ckpts / "best.pt").samefile(ckpts / "step-0000004.pt")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_val_loss"] == finished["best_val_loss"] == val_losses[-1]
+    assert summary["test_loss"] == finished["test_loss"]
 
 
 SWEEP = [f"data.local_dir={MINI}", "model.d_model=32", "model.n_heads=2", "model.n_layers=2",

@@ -72,9 +72,24 @@ def sgd_step_weights(micro_rows: list[np.ndarray], tokens) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch():
-    tokens = stream()
-    rows = packed_rows(len(tokens), CFG.max_seq_len)[:8]
+def documents(lengths: list[int], eos: int = 0) -> np.ndarray:
+    """A stream of EOS-ended documents of these lengths (random non-EOS tokens)."""
+    rng = np.random.default_rng(0)
+    return np.concatenate([np.append(rng.integers(1, CFG.vocab_size, n), eos) for n in lengths])
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(packing):
+    """Every scored target weighs the same, whichever micro-batch it falls in: with unpacked
+    documents of unequal lengths the micro-batches score different numbers of targets, and a mean
+    of the micro-batches' means would weigh a short document's tokens more."""
+    if packing:
+        tokens = stream()
+        rows = packed_rows(len(tokens), CFG.max_seq_len)[:8]
+    else:
+        tokens = documents([3, 14, 15, 2, 9, 1, 12, 6, 15, 4])
+        rows = document_rows(tokens, 0, CFG.max_seq_len)[:8]
+        assert (scored_targets(rows[:4]), scored_targets(rows[4:])) == (37, 32)
     one = sgd_step_weights([rows], tokens)
     two = sgd_step_weights([rows[:4], rows[4:]], tokens)
     moved = gpt().state_dict()
