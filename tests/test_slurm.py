@@ -62,25 +62,38 @@ def same_weights(a: Path, b: Path) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+# How each job of the sweep is preempted once it has a step-10 checkpoint, and what its log then
+# says: job 0 by the scheduler (`scontrol requeue`: SIGTERM, then back to the queue), job 1 as at
+# its time limit (the SIGUSR2 submitit asks SLURM for `signal_delay_s` before it: the run
+# checkpoints and hands the signal on to submitit, which requeues the job and ends the process).
+PREEMPT = {0: (["scontrol", "requeue"], "lmlab: stopped by SIGTERM at step"),
+           1: (["scancel", "--signal=USR2"], "Caught signal SIGUSR2")}
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, cache_dir):
-    """A 2-job sweep through submitit on SLURM; job 0 is requeued by `scontrol requeue` once it has
-    a step-10 checkpoint. Beside it, job 0's config run to the end here, uninterrupted."""
-    sweep_dir, reference = tmp_path_factory.mktemp("slurm-sweep"), tmp_path_factory.mktemp("uninterrupted")
+    """A 2-job sweep (train.seed=0,1) through submitit on SLURM, each job preempted as PREEMPT says;
+    beside it, each job's config run to the end here, uninterrupted."""
+    sweep_dir = tmp_path_factory.mktemp("slurm-sweep")
+    references = {seed: tmp_path_factory.mktemp(f"uninterrupted-{seed}") for seed in PREEMPT}
     env = {**ENV, "LMLAB_CACHE_DIR": str(cache_dir)}
     proc = subprocess.Popen([sys.executable, "-m", "lmlab", "-m", *SLURM, *JOB, "train.seed=0,1",
                              f"hydra.sweep.dir={sweep_dir}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    ref = subprocess.Popen([sys.executable, "-m", "lmlab", *JOB, "train.seed=0", f"hydra.run.dir={reference}"],
-                           cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    job_dir = lambda: next(sweep_dir.glob("train.seed=0,*"), None)  # noqa: E731
-    wait_for(lambda: job_dir() is not None and newest_step(job_dir() / "checkpoints") >= 10, "a step-10 checkpoint", proc)
-    array_id = next(p.name for p in (sweep_dir / ".submitit").iterdir() if p.name.isdigit())
-    subprocess.run(["scontrol", "requeue", f"{array_id}_0"], check=True)
+    refs = [subprocess.Popen([sys.executable, "-m", "lmlab", *JOB, f"train.seed={seed}", f"hydra.run.dir={ref}"],
+                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for seed, ref in references.items()]
+    for n, (command, _) in PREEMPT.items():
+        job_dir = lambda: next(sweep_dir.glob(f"train.seed={n},*"), None)  # noqa: E731
+        wait_for(lambda: job_dir() is not None and newest_step(job_dir() / "checkpoints") >= 10,
+                 f"job {n}'s step-10 checkpoint", proc)
+        array_id = next(p.name for p in (sweep_dir / ".submitit").iterdir() if p.name.isdigit())
+        subprocess.run([*command, f"{array_id}_{n}"], check=True)
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]
-    assert ref.wait(timeout=600) == 0, ref.stderr.read()[-3000:]
-    return sweep_dir, array_id, reference
+    for ref in refs:
+        assert ref.wait(timeout=600) == 0, ref.stderr.read()[-3000:]
+    return sweep_dir, array_id, references
 
 
 def test_a_sweep_through_submitit_runs_every_job_on_slurm_and_the_report_reads_them(sweep, tmp_path):
@@ -96,20 +109,20 @@ def test_a_sweep_through_submitit_runs_every_job_on_slurm_and_the_report_reads_t
     assert "2 jobs: 2 done, 0 failed or unfinished." in (sweep_dir / "report.md").read_text()
 
 
-def test_a_job_slurm_requeues_resumes_from_its_checkpoint_to_the_same_weights(sweep):
-    sweep_dir, array_id, reference = sweep
-    job = f"{array_id}_0"
+@pytest.mark.parametrize("n", sorted(PREEMPT))
+def test_a_job_preempted_on_slurm_is_requeued_and_resumes_to_the_same_weights(sweep, n):
+    sweep_dir, array_id, references = sweep
+    job = f"{array_id}_{n}"
     assert restarts(job) == 1
     log = "".join((sweep_dir / ".submitit" / job / f"{job}_0_log.{out}").read_text() for out in ("err", "out"))
-    assert re.search(r"stopped by SIGTERM at step (\d+)", log), log[-3000:]
-    resumed = int(re.search(r"resuming from \S+ \(step (\d+)\)", log).group(1))
-    assert 10 <= resumed < 80
-    job_dir = next(sweep_dir.glob("train.seed=0,*"))
-    cut, whole = (json.loads((d / "summary.json").read_text()) for d in (job_dir, reference))
+    assert PREEMPT[n][1] in log, log[-3000:]
+    assert 10 <= int(re.search(r"resuming from \S+ \(step (\d+)\)", log).group(1)) < 80
+    job_dir = next(sweep_dir.glob(f"train.seed={n},*"))
+    cut, whole = (json.loads((d / "summary.json").read_text()) for d in (job_dir, references[n]))
     for key in ("steps", "tokens_seen", "best_val_loss", "val_loss", "test_loss", "test_ppl"):
         assert cut[key] == whole[key], key
     for name in ("best.pt", "last.pt"):
-        assert same_weights(job_dir / "checkpoints" / name, reference / "checkpoints" / name), name
+        assert same_weights(job_dir / "checkpoints" / name, references[n] / "checkpoints" / name), name
 
 
 BATCH_SCRIPT = """#!/bin/bash
@@ -123,7 +136,7 @@ exit $status
 
 
 def test_a_plain_sbatch_job_checkpoints_on_usr1_exits_75_and_requeue_finishes_it(sweep, tmp_path, cache_dir):
-    run_dir, reference = tmp_path / "run", sweep[2]  # the sweep's job 0 run uninterrupted: the same config
+    run_dir, reference = tmp_path / "run", sweep[2][0]  # the sweep's job 0 run uninterrupted: the same config
     script = tmp_path / "job.sh"
     script.write_text(BATCH_SCRIPT.format(python=sys.executable,
                                           overrides=" ".join([*JOB, "train.seed=0", f"hydra.run.dir={run_dir}"])))
