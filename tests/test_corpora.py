@@ -127,3 +127,29 @@ def test_a_text_corpus_trains_end_to_end_and_decodes_exactly(pool, tmp_path, cac
     assert summary["test_bpb"] == pytest.approx(nll / (np.log(2) * test.n_bytes), rel=1e-9)
     assert summary["test_word_ppl"] == pytest.approx(np.exp(nll / test.n_words), rel=1e-9)
     assert summary["status"] == "done" and 0 < summary["test_bpb"] < 20
+
+
+def test_hub_kind_trains_end_to_end_on_the_default_text_column_beside_others(tmp_path):
+    # A local folder as a user makes one: train.jsonl whose documents are in "text", next to other fields.
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rows = [{"text": text, "name": name} for name, text in POEMS.items()] * 4
+    (corpus / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                        encoding="utf-8")
+    run_dir = tmp_path / "run"
+    r = run_cli(["data=hub", f"data.hub_id={corpus}", "data.holdout=2", *TINY, "train.max_steps=2",
+                 "train.batch_size=2", "eval.sample_tokens=0", "logger=none", f"hydra.run.dir={run_dir}"], cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "done"
+    cfg = compose_config(["data=hub", f"data.hub_id={corpus}", "data.holdout=2"]).data
+    splits = {s: split_text(cfg, s).documents for s in ("train", "validation", "test")}
+    assert sorted(d for docs in splits.values() for d in docs) == sorted(r["text"] for r in rows)
+
+
+def test_hub_kind_reads_another_column_where_a_text_column_is_beside_it(tmp_path):
+    rows = [{"story": text, "text": f"title {i}"} for i, text in enumerate(POEMS.values())] * 4
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                          encoding="utf-8")
+    cfg = compose_config(["data=hub", f"data.hub_id={tmp_path}", "data.holdout=2", "data.text_column=story"]).data
+    docs = [d for s in ("train", "validation", "test") for d in split_text(cfg, s).documents]
+    assert sorted(docs) == sorted(r["story"] for r in rows)

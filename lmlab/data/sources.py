@@ -195,8 +195,13 @@ def _hub_splits(data_cfg) -> dict:
     if column not in splits["train"].column_names:
         raise DataError(f"{data_cfg.hub_id} has no column {column!r} (it has "
                         f"{', '.join(splits['train'].column_names)}): set data.text_column")
-    return {split: ds.select_columns([column]).rename_column(column, "text").filter(_has_text, input_columns="text")
-            for split, ds in splits.items()}
+    return {split: _text_column(ds, column).filter(_has_text, input_columns="text") for split, ds in splits.items()}
+
+
+def _text_column(ds, column: str):
+    """`ds` with `column` alone, named "text" (datasets refuses to rename a column to its own name)."""
+    ds = ds.select_columns([column])
+    return ds if column == "text" else ds.rename_column(column, "text")
 
 
 def _has_text(doc: str | None) -> bool:
