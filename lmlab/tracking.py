@@ -28,12 +28,17 @@ def wandb_mode(logger_cfg) -> str:
         return logger_cfg.mode
     if os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
         return os.environ["WANDB_MODE"]
+    return "online" if has_api_key() else "offline"
+
+
+def has_api_key() -> bool:
+    """Whether W&B has an API key here: WANDB_API_KEY, or the one `wandb login` put in ~/.netrc."""
     if os.environ.get("WANDB_API_KEY"):
-        return "online"
+        return True
     try:
-        return "online" if netrc.netrc().authenticators("api.wandb.ai") else "offline"
+        return bool(netrc.netrc().authenticators("api.wandb.ai"))
     except (FileNotFoundError, netrc.NetrcParseError):
-        return "offline"
+        return False
 
 
 class Tracker:

@@ -53,6 +53,13 @@ def test_params_in_hydras_sweep_syntax_become_optuna_distributions():
         grid(space)
 
 
+def test_hydra_finds_the_sweeper_where_lmlab_is_installed(tmp_path):
+    """From outside the repo (its folder not on the path), as after `pip install -e .` or a wheel."""
+    r = run_cli(["sweep=optuna", "--cfg", "hydra"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert yaml.safe_load(r.stdout)["hydra"]["sweeper"]["_target_"] == "hydra_plugins.lmlab_optuna.sweeper.OptunaSweeper"
+
+
 @pytest.mark.parametrize("sampler,sampler_cls,pruner,cls", [
     ("tpe", optuna.samplers.TPESampler, "none", optuna.pruners.NopPruner),
     ("random", optuna.samplers.RandomSampler, "median", optuna.pruners.MedianPruner),

@@ -200,11 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default=None,
                         help="the arm the others are compared with, as the report labels it (e.g. 'variant=baseline'); "
                              "default: the arm with a swept value `baseline`, else the first")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also save a W&B report comparing the arms (online; pip install -e '.[wandb-views]')")
     args = parser.parse_args(argv)
+    from lmlab.report.wandb_views import save_view
+
     try:
         report = write_report(args.dir, args.out, args.baseline)
+        view_url = save_view(args.dir) if args.wandb else None
     except (FileNotFoundError, ValueError) as e:
         print(f"lmlab.report: error: {e}", file=sys.stderr)
         return 2
     print(report)
+    if view_url:
+        print(f"W&B report: {view_url}")
     return 0
