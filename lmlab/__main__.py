@@ -66,8 +66,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     tracker = NoRecords() if not ranks.main else Tracker(
         run_dir, cfg.logger, {**config, "derived": derived}, group=group, name=job_name(hydra_cfg) or run_dir.name,
         tags=tags, resume_id=resume["train_state"]["wandb_run_id"] if resume else None)
-    on_eval = every(eval_sampler(cfg, tokenizer, tracker, run_dir), trial_reporter(hydra_cfg.sweeper)) \
-        if ranks.main else None
+    on_eval = every(eval_sampler(cfg, tokenizer, tracker, run_dir),
+                    trial_reporter(hydra_cfg.sweeper, may_stop=ranks.world == 1)) if ranks.main else None
     try:
         summary = train(cfg, model, tokenizer, splits, tracker, run_dir, config, resume=resume, launched=LAUNCHED,
                         on_eval=on_eval, ranks=ranks)

@@ -2,19 +2,23 @@
 pruner stops trials that fall behind, two sweepers sharing one study, a killed sweep resumed, the
 grid sampler; and the search space and config groups it reads."""
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
 import yaml
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from hydra_plugins.lmlab_optuna._search import grid, search_space
+from lmlab.tracking import Pruned, trial_reporter
 from tests.conftest import MINI, REPO, TEST_ENV, TINY, compose_config, kill_when, needs_mini, newest_step, run_cli
 
 # TINY (256 tokens a step), evaluated every 2 steps, only the LR searched: over a range wide
@@ -51,6 +55,27 @@ def test_params_in_hydras_sweep_syntax_become_optuna_distributions():
     assert grid({k: space[k] for k in ("warmup", "seed")}) == {"warmup": list(range(0, 2000, 100)), "seed": [0, 1, 2]}
     with pytest.raises(ValueError, match="lr is an interval"):
         grid(space)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_job_reports_to_its_trial_and_stops_when_pruned_unless_several_processes_train_it(tmp_path, processes):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    trial = optuna.create_study(study_name="s", storage=storage).ask()
+    # What the sweeper hands a job in its hydra.sweeper config; this pruner prunes any loss above 1.
+    sweeper_cfg = OmegaConf.create({"trial": trial.number, "storage": storage, "study_name": "s",
+                                    "pruner": {"_target_": "optuna.pruners.ThresholdPruner", "upper": 1.0}})
+    on_eval = trial_reporter(sweeper_cfg, may_stop=processes == 1)
+    on_eval(None, SimpleNamespace(tokens=0, step=0, best_val_loss=6.0, best_val={}))  # untrained: not reported
+    state = SimpleNamespace(tokens=512, step=2, best_val_loss=5.0, best_val={"val_loss": 5.0})
+    if processes == 1:
+        with pytest.raises(Pruned, match="at 512 tokens") as stop:
+            on_eval(None, state)
+        assert stop.value.progress == {"tokens_seen": 512, "steps": 2, "best_val_loss": 5.0,
+                                       "best_val_ppl": pytest.approx(math.exp(5.0)), "val_loss": 5.0}
+    else:
+        on_eval(None, state)
+    assert optuna.load_study(study_name="s", storage=storage).trials[0].intermediate_values == {512: 5.0}
+    assert trial_reporter(OmegaConf.create({"params": {}})) is None  # a job of another sweeper
 
 
 def test_hydra_finds_the_sweeper_where_lmlab_is_installed(tmp_path):
