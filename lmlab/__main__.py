@@ -1,8 +1,9 @@
 """`python -m lmlab [overrides]`: compose -> validate -> load data -> train -> return the objective.
 
-The objective (best validation loss) is what Hydra sweepers minimise; a failed job returns inf.
+The objective (best validation loss) is what Hydra sweepers minimise; a failed job returns inf, and
+so does a trial its Optuna study pruned (summary.json status "pruned", exit status 0).
 A run resumes from its run dir's checkpoints (train.resume=auto), and a relaunched sweep skips
-the jobs whose summary.json says done.
+the jobs whose summary.json says done or pruned.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from omegaconf import DictConfig
 from lmlab import LAUNCHED
 from lmlab.atomic import write_text
 from lmlab.config import ModelConfig, gpt_config, job_name, to_container, validate
+from lmlab.tracking import FINISHED
 
 log = logging.getLogger("lmlab")
 
@@ -36,7 +38,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     from lmlab.generate import eval_sampler
     from lmlab.model import GPT
     from lmlab.step import resolve_device
-    from lmlab.tracking import NoRecords, Tracker
+    from lmlab.tracking import NoRecords, Pruned, Tracker, trial_reporter
     from lmlab.train import Preempted, train
 
     hydra_cfg = HydraConfig.get()
@@ -66,12 +68,19 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     tracker = NoRecords() if not ranks.main else Tracker(
         run_dir, cfg.logger, {**config, "derived": derived}, group=group, name=job_name(hydra_cfg) or run_dir.name,
         tags=tags, resume_id=resume["train_state"]["wandb_run_id"] if resume else None)
+    on_eval = every(eval_sampler(cfg, tokenizer, tracker, run_dir),
+                    trial_reporter(hydra_cfg.sweeper, may_stop=ranks.world == 1)) if ranks.main else None
     try:
         with distributed.lost_processes_reported(cfg.train.dist_timeout_s, run_dir):
             summary = train(cfg, model, tokenizer, splits, tracker, run_dir, config, resume=resume, launched=LAUNCHED,
-                            on_eval=eval_sampler(cfg, tokenizer, tracker, run_dir) if ranks.main else None, ranks=ranks)
+                            on_eval=on_eval, ranks=ranks)
         summary.update(processes=ranks.world, threads=threads, floors=floors, bugs=bugs)
         tracker.write_summary(summary)  # before close: it also fills the W&B run's summary
+    except Pruned as e:  # the Optuna study's pruner stopped this trial: a result, not a failure
+        tracker.write_summary({"status": "pruned", "reason": str(e), **e.progress, **derived, "floors": floors,
+                               "bugs": bugs})
+        log.info("%s: %s", e, run_dir)
+        return math.inf
     except Exception as e:
         if finished_summary(run_dir) is None:  # a finished run's results outlive a failed relaunch
             status = "preempted" if isinstance(e, Preempted) else "failed"
@@ -86,6 +95,19 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     return objective(summary)
 
 
+def every(*hooks):
+    """One `on_eval` hook that runs the given ones (None: left out) in turn; None if none is left."""
+    hooks = [hook for hook in hooks if hook is not None]
+    if not hooks:
+        return None
+
+    def on_eval(model, state) -> None:
+        for hook in hooks:
+            hook(model, state)
+
+    return on_eval
+
+
 def parallel_jobs(hydra_cfg) -> int:
     """How many jobs of this sweep run at once on this machine: joblib's n_jobs (-1 = one per core)."""
     launcher = hydra_cfg.launcher
@@ -96,10 +118,10 @@ def parallel_jobs(hydra_cfg) -> int:
 
 
 def finished_summary(run_dir: Path) -> dict | None:
-    """The summary.json of a run that finished, else None."""
+    """The summary.json of a run that finished (done, or pruned by its Optuna study), else None."""
     path = run_dir / "summary.json"
     summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    return summary if summary.get("status") == "done" else None
+    return summary if summary.get("status") in FINISHED else None
 
 
 def objective(summary: dict) -> float:
@@ -120,7 +142,7 @@ def hydra_main(cfg: DictConfig) -> float:
         # A relaunched sweep reuses its job dirs (named from the overrides): done jobs are not rerun.
         done = finished_summary(run_dir) if multirun and cfg.train.resume == "auto" else None
         if done is not None:
-            log.info("skipped: %s is done already (summary.json)", run_dir)
+            log.info("skipped: %s is %s already (summary.json)", run_dir, done["status"])
             return objective(done)
         return run(cfg, run_dir)
     except Exception as e:

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from lmlab.atomic import write_text
 
+# A run's summary.json status when it ended as planned: done, or pruned by its Optuna study.
+FINISHED = ("done", "pruned")
+
 
 def _finite(record: dict) -> dict:
     # JSON has no NaN or inf: write them as null rather than produce an unreadable file.
@@ -25,12 +28,17 @@ def wandb_mode(logger_cfg) -> str:
         return logger_cfg.mode
     if os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
         return os.environ["WANDB_MODE"]
+    return "online" if has_api_key() else "offline"
+
+
+def has_api_key() -> bool:
+    """Whether W&B has an API key here: WANDB_API_KEY, or the one `wandb login` put in ~/.netrc."""
     if os.environ.get("WANDB_API_KEY"):
-        return "online"
+        return True
     try:
-        return "online" if netrc.netrc().authenticators("api.wandb.ai") else "offline"
+        return bool(netrc.netrc().authenticators("api.wandb.ai"))
     except (FileNotFoundError, netrc.NetrcParseError):
-        return "offline"
+        return False
 
 
 class Tracker:
@@ -70,16 +78,50 @@ class Tracker:
             self.run.log({key: wandb.Table(columns=columns, data=rows)})
 
     def write_summary(self, summary: dict) -> None:
-        self.done = summary.get("status") == "done"
+        self.done = summary.get("status") in FINISHED
         write_text(self.run_dir / "summary.json", json.dumps(_finite(summary), indent=1))
         if self.run is not None:
             self.run.summary.update({k: v for k, v in summary.items() if v is not None})
 
     def close(self) -> None:
-        """Finish the W&B run; it is marked failed unless a `done` summary was written."""
+        """Finish the W&B run; it is marked failed unless a done or pruned summary was written."""
         if self.run is not None:
             self.run.finish(exit_code=0 if self.done else 1)
             self.run = None
+
+
+class Pruned(Exception):
+    """The run's Optuna trial was pruned: it stops early, and its results so far are a result,
+    not a failure (summary.json status "pruned")."""
+
+    def __init__(self, message: str, progress: dict):
+        super().__init__(message)
+        self.progress = progress
+
+
+def trial_reporter(sweeper_cfg, may_stop: bool = True):
+    """The trainer's `on_eval` hook for a job that is a trial of lmlab's Optuna sweeper: reports
+    the best validation loss so far (the objective the job returns) against tokens seen, and
+    raises Pruned when the study's pruner says so and `may_stop` (the hook runs on the main
+    process only, so a trial trained by several processes, which would all have to stop together,
+    only reports). None for any other job."""
+    from hydra_plugins.lmlab_optuna.trial import job_trial
+
+    trial = job_trial(sweeper_cfg)
+    if trial is None:
+        return None
+
+    def on_eval(model, state) -> None:
+        if not state.tokens:  # the untrained model scores alike in every trial: nothing to compare yet
+            return
+        trial.report(state.best_val_loss, step=state.tokens)
+        if may_stop and trial.should_prune():
+            raise Pruned(f"trial {trial.number} pruned by {type(trial.study.pruner).__name__} at "
+                         f"{state.tokens:,} tokens", {"tokens_seen": state.tokens, "steps": state.step,
+                                                      "best_val_loss": state.best_val_loss,
+                                                      "best_val_ppl": math.exp(state.best_val_loss), **state.best_val})
+
+    return on_eval
 
 
 class NoRecords:

@@ -1,17 +1,14 @@
 """Sweeps through the launchers users already have: submitit (local processes; SLURM composes),
-joblib (several jobs at once, each on its share of the cores) and Optuna on shared storage."""
+joblib (several jobs at once, each on its share of the cores). Optuna on shared storage: test_optuna.py."""
 import json
 import os
-import subprocess
-import sys
 
-import optuna
 import pytest
 import yaml
 from omegaconf import OmegaConf
 
 from lmlab.__main__ import parallel_jobs
-from tests.conftest import MINI, REPO, TEST_ENV, TINY, needs_mini, run_cli
+from tests.conftest import MINI, REPO, TINY, needs_mini, run_cli
 
 pytestmark = needs_mini
 JOB = [f"data.local_dir={MINI}", *TINY, "train.max_steps=2", "train.eval_every=2", "eval.max_batches=2",
@@ -50,30 +47,6 @@ def test_parallel_jobs_share_the_cores(tmp_path):
     done = summaries(tmp_path)
     assert len(done) == 2 and all(s["status"] == "done" for s in done.values())
     assert all(s["threads"] == max(1, os.cpu_count() // 2) for s in done.values())  # n_jobs=2
-
-
-def test_two_optuna_sweepers_on_one_storage_share_one_study(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    common = [sys.executable, "-m", "lmlab", "-m", "sweep=optuna", *JOB, "train.max_steps=null",
-              "train.max_tokens=512", "hydra/launcher=parallel", "hydra.sweeper.n_jobs=2",
-              "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}"]
-    env = {**os.environ, **TEST_ENV}
-    # The storage's tables are made once, before the sweepers start: two that make them at the same
-    # moment collide in sqlite (as `optuna create-study` does it on the command line).
-    optuna.create_study(study_name="lmlab", storage=storage, direction="minimize")
-    # Two sweepers at once, with their own seeds so they do not propose the same trials.
-    procs = [subprocess.Popen([*common, f"hydra.sweeper.sampler.seed={i}", f"hydra.sweep.dir={tmp_path / str(i)}"],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-3000:]
-    study = optuna.load_study(study_name="lmlab", storage=storage)
-    numbers = sorted(t.number for t in study.trials)
-    assert numbers == [0, 1, 2, 3]  # the union of both sweepers' trials, no number twice
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4
-    assert sum(len(summaries(tmp_path / str(i))) for i in range(2)) == 4
 
 
 @pytest.mark.parametrize("n_jobs,expected", [(2, 2), (-1, None)])

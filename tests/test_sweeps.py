@@ -40,10 +40,10 @@ def test_every_sweep_stops_on_tokens_in_its_own_dir_and_yields_to_the_user(name)
     assert (shrunk.train.max_tokens, shrunk.model.d_model, shrunk.data.local_dir) == (1000, 64, str(MINI))
 
 
-def test_optuna_sweep_is_a_seeded_tpe_search_that_survives_failures():
+def test_optuna_sweep_is_a_seeded_tpe_search_with_a_pruner():
     sweeper = compose_config(["sweep=optuna"], hydra=True).hydra.sweeper
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed is not None
-    assert sweeper.direction == "minimize" and sweeper.max_failure_rate > 0
+    assert sweeper.direction == "minimize" and sweeper.pruner._target_ == "optuna.pruners.MedianPruner"
     assert set(sweeper.params) == {"schedule.peak_lr", "schedule.warmup_steps", "train.weight_decay", "model.dropout"}
     assert sweeper.params["schedule.peak_lr"].startswith("tag(log")
 

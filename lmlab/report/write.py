@@ -146,17 +146,24 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"instead of a report: print (and write to DIR/stage2.sh) one command per arm that runs "
                              f"--seeds at the {LR_KEY} DIR's LR grid chose for it, into DIR")
     parser.add_argument("--seeds", default=None, help="with --stage2: the seeds to run, e.g. 1,2")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also save a W&B report comparing the arms (online; pip install -e '.[wandb-views]')")
     args = parser.parse_args(argv)
     if args.stage2 and not args.seeds:
         parser.error("--stage2 needs --seeds, e.g. --seeds 1,2")
+    from lmlab.report.wandb_views import save_view
+
     try:
         if args.stage2:
             script = write_stage2(args.dir, args.seeds.split(","))
             print(script.read_text(), end="")
             return 0
         report = write_report(args.dir, args.out, args.baseline)
+        view_url = save_view(args.dir) if args.wandb else None
     except (FileNotFoundError, ValueError) as e:
         print(f"lmlab.report: error: {e}", file=sys.stderr)
         return 2
     print(report)
+    if view_url:
+        print(f"W&B report: {view_url}")
     return 0
