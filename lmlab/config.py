@@ -6,6 +6,7 @@ value is rejected by OmegaConf when Hydra composes; `validate` adds the cross-fi
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -73,6 +74,10 @@ class ScheduleConfig:
     min_lr_ratio: float = 0.1
 
 
+# train.loss options that need an optional package (lmlab/loss.py), and the module each imports
+LOSS_PACKAGES = {"liger": "liger_kernel", "cce": "cut_cross_entropy"}
+
+
 @dataclass
 class TrainConfig:
     max_steps: Optional[int] = 5000
@@ -85,6 +90,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     compile: str = "auto"  # auto (on CUDA only) | true | false: torch.compile of the step's forward and loss
     compile_mode: Optional[str] = None  # torch.compile's mode: null (default) | reduce-overhead | max-autotune
+    loss: str = "auto"  # auto (chunked on CPU, dense on CUDA) | dense | chunked | liger | cce (docs/speed.md)
     attention: str = "auto"  # SDPA backend tried first: auto (cudnn on Hopper) | cudnn | flash | efficient | math
     peak_tflops: Optional[float] = None  # the device's dense peak for MFU; null = the table in lmlab/flops.py
     deterministic: bool = False  # bit-identical reruns on CUDA too: deterministic kernels, math attention (slower)
@@ -301,6 +307,11 @@ def validate(cfg: DictConfig) -> None:
     if str(cfg.train.compile).lower() not in ("auto", "true", "false"):
         raise ConfigError("train.compile", f"must be one of auto, true, false; got {cfg.train.compile!r}")
     _one_of(cfg, "train.compile_mode", (None, "default", "reduce-overhead", "max-autotune"))
+    _one_of(cfg, "train.loss", ("auto", "dense", "chunked", *LOSS_PACKAGES))
+    package = LOSS_PACKAGES.get(cfg.train.loss)
+    if package and importlib.util.find_spec(package) is None:
+        raise ConfigError("train.loss", f"{cfg.train.loss} needs the {package} package, which is not installed "
+                          "(an optional extra, for CUDA; see docs/speed.md)")
     _one_of(cfg, "train.attention", ("auto", "cudnn", "flash", "efficient", "math"))
     _one_of(cfg, "logger.kind", ("none", "wandb"))
     _one_of(cfg, "logger.mode", (None, "online", "offline", "disabled"))
