@@ -90,7 +90,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     compile: str = "auto"  # auto (on CUDA only) | true | false: torch.compile of the step's forward and loss
     compile_mode: Optional[str] = None  # torch.compile's mode: null (default) | reduce-overhead | max-autotune
-    loss: str = "auto"  # auto (chunked on CPU, dense on CUDA) | dense | chunked | liger | cce (docs/speed.md)
+    loss: str = "auto"  # auto (dense, as measured so far) | dense | chunked | liger | cce (docs/speed.md)
     attention: str = "auto"  # SDPA backend tried first: auto (cudnn on Hopper) | cudnn | flash | efficient | math
     peak_tflops: Optional[float] = None  # the device's dense peak for MFU; null = the table in lmlab/flops.py
     deterministic: bool = False  # bit-identical reruns on CUDA too: deterministic kernels, math attention (slower)
@@ -169,8 +169,10 @@ class BenchConfig:
     warmup_steps: int = 3  # untimed: compilation and allocator warm-up
     steps: int = 10  # steps per timed window (one device sync per window)
     windows: int = 5  # the median window is reported
-    compare: str = "none"  # none | hf: the same shapes through `hf_script`, alternated with lmlab's windows
-    pairs: int = 3  # alternated (lmlab, HF) pairs; the median ratio is reported
+    # none | hf: the same shapes through `hf_script`, alternated with lmlab's windows | loss: each
+    # train.loss (dense, chunked; liger, cce on CUDA where installed) in its own process, alternated
+    compare: str = "none"
+    pairs: int = 3  # alternated (lmlab, HF) pairs or rounds of the losses; the median ratio is reported
     hf_script: str = "../shared/bench/hf_gpt2_baseline.py"
     data: bool = False  # also the data path: BPE encoding MB/s, warm cache load, launch to exit of a 1-step run
     checkpoint: bool = False  # also a checkpoint save: the stall and the background write
@@ -284,7 +286,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("eval.stride", f"must be <= model.max_seq_len={cfg.model.max_seq_len}")
     if "bench" in cfg:
         _positive(cfg, ["bench.steps", "bench.windows", "bench.pairs"])
-        _one_of(cfg, "bench.compare", ("none", "hf"))
+        _one_of(cfg, "bench.compare", ("none", "hf", "loss"))
     if cfg.tokenizer.vocab_size < 260:
         raise ConfigError("tokenizer.vocab_size", "must be at least 260 (256 bytes + EOS + merges)")
     _one_of(cfg, "data.kind", ("wikitext", "hub", "text"))

@@ -42,15 +42,15 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 part = slice(start, start + chunk)
                 logits = (h[part] @ w.T).float()
                 logits[:, n_vocab:] = float("-inf")
-                lse = torch.logsumexp(logits, dim=1)
+                log_probs = logits.log_softmax(dim=1)
                 scored = targets[part] != ignore_index
                 target = targets[part].where(scored, 0)[:, None]
-                losses[part] = (lse - logits.gather(1, target)[:, 0]).where(scored, 0.0)
+                losses[part] = -log_probs.gather(1, target)[:, 0].where(scored, 0.0)
                 if grad_hidden is None and grad_weight is None:
                     continue
                 # d(loss)/d(logits) = softmax - one-hot, zero on unscored rows
-                grad_logits = logits.sub_(lse[:, None]).exp_().scatter_add_(1, target, torch.full_like(
-                    logits[:, :1], -1.0)).mul_(scored[:, None]).to(dtype)
+                grad_logits = log_probs.exp_().scatter_add_(1, target, torch.full_like(target, -1.0, dtype=torch.float32))
+                grad_logits = grad_logits.mul_(scored[:, None]).to(dtype)
                 if grad_hidden is not None:
                     grad_hidden[part] = grad_logits @ w
                 if grad_weight is not None:

@@ -138,12 +138,10 @@ def device_batches(tokens, sampler: Sampler, count: int, eos_id: int, segments: 
 
 
 def resolve_loss(setting: str, device: torch.device) -> str:
-    """train.loss: `auto` is the chunked loss on the CPU, where it ran the small model's step
-    (vocabulary 8192, 8 x 256) faster than the dense one and in less memory (docs/speed.md), and the
-    dense loss on CUDA until the chunked one is measured there."""
-    if setting == "auto":
-        return "chunked" if device.type == "cpu" else "dense"
-    return setting
+    """train.loss: `auto` is the dense loss. On 2 CPU cores the chunked one ran the small model's
+    step (vocabulary 8192, 8 x 256) slower (docs/speed.md: its many small ops per chunk against one
+    large matmul each way); on CUDA it is not measured yet."""
+    return "dense" if setting == "auto" else setting
 
 
 def forward_loss(model, x, y, pad_mask=None, segments=None, reduction: str = "mean",
