@@ -86,7 +86,8 @@ class Bench:
 
         def one_pass() -> float:
             started = time.perf_counter()
-            evaluate(self.model, split, rows, 0, self.cfg.eval.batch_size, self.device, context, self.cfg.model.doc_mask)
+            evaluate(self.model, split, rows, 0, self.cfg.eval.batch_size, self.device, context,
+                     self.cfg.model.doc_mask)
             return time.perf_counter() - started
 
         one_pass()  # warm-up
