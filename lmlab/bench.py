@@ -278,12 +278,13 @@ from lmlab.data.sources import SPLITS, split_text
 from lmlab.data.tokenizer import EOS
 from omegaconf import OmegaConf
 cfg = OmegaConf.create(sys.argv[1])
+docs = {split: split_text(cfg.data, split).documents for split in SPLITS}
 tok = Tokenizer(models.BPE())
 tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
 trainer = trainers.BpeTrainer(vocab_size=cfg.tokenizer.vocab_size, special_tokens=[EOS], show_progress=False)
-tok.train_from_iterator(split_text(cfg.data, "train").documents, trainer=trainer)
+tok.train_from_iterator(docs["train"], trainer=trainer)
 for split in SPLITS:
-    tok.encode_batch(split_text(cfg.data, split).documents)"""
+    tok.encode_batch(docs[split])"""
 
 
 def cache_build_times(cfg: DictConfig) -> dict:
