@@ -5,8 +5,10 @@ it builds the run's model, optimizer and `TrainStep` and feeds it random tokens 
 trainer's own data path (`device_batches`). Warm-up steps (compilation) are left out; each timed
 window ends with one device sync and the median window is reported. One table row per
 configuration (`-m` runs several), optionally with Hugging Face GPT-2 on the same shapes
-(`bench.compare=hf`, alternated with lmlab's windows), the data path (`bench.data=true`), a
+(`bench.compare=hf`, alternated with lmlab's windows), the losses (`bench.compare=loss`: dense
+against chunked, each in its own process, alternated), the data path (`bench.data=true`), a
 checkpoint save (`bench.checkpoint=true`) and where the step's time goes (`bench.profile=true`).
+Every row also times evaluation (the trainer's `evaluate`, at eval.batch_size).
 """
 from __future__ import annotations
 
@@ -70,6 +72,27 @@ class Bench:
         return self.tokens_per_step / statistics.median(self.run(self.cfg.bench.steps)
                                                         for _ in range(self.cfg.bench.windows))
 
+    def eval_tokens_per_s(self) -> float:
+        """The trainer's `evaluate` over the bench's rows, at eval.batch_size: median of
+        bench.windows passes, each ended by reading its result (one device sync)."""
+        from functools import partial
+
+        from lmlab.data import Split, scored_targets
+        from lmlab.evaluate import evaluate
+        from lmlab.step import compute_context
+
+        rows, split = self.sampler.rows, Split("bench", self.tokens, 1, 0, 0)
+        context = partial(compute_context, self.device, self.cfg.train)
+
+        def one_pass() -> float:
+            started = time.perf_counter()
+            evaluate(self.model, split, rows, 0, self.cfg.eval.batch_size, self.device, context,
+                     self.cfg.model.doc_mask)
+            return time.perf_counter() - started
+
+        one_pass()  # warm-up
+        return scored_targets(rows) / statistics.median(one_pass() for _ in range(self.cfg.bench.windows))
+
 
 def hf_tokens_per_s(cfg: DictConfig, vocab: int, device_type: str, compiled: bool) -> float:
     """One run of the Hugging Face GPT-2 baseline on the same shapes, in a fresh process."""
@@ -85,14 +108,20 @@ def hf_tokens_per_s(cfg: DictConfig, vocab: int, device_type: str, compiled: boo
     return json.loads(out.stdout.strip().splitlines()[-1])["tokens_per_s"]
 
 
-def peak_memory_gib(device) -> float:
+def memory_gib(device, peak: bool) -> float:
+    """Peak (`peak`) or current memory: on CUDA what torch's allocator has handed out, on the CPU the
+    process's resident set (Linux: getrusage's peak, /proc/self/statm's current)."""
+    import os
     import resource
 
     import torch
 
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB: peak RSS
+        return (torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated)(device) / 2**30
+    if peak:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 def bench_step(cfg: DictConfig) -> dict:
@@ -102,12 +131,13 @@ def bench_step(cfg: DictConfig) -> dict:
 
     b = Bench(cfg)
     device_name, peak = device_peak(b.device, cfg.train)
+    before_steps_gib = memory_gib(b.device, peak=False)
     warmup_s = b.run(cfg.bench.warmup_steps) * cfg.bench.warmup_steps if cfg.bench.warmup_steps else 0.0
     row = {"model": cfg.model.name, "d_model": cfg.model.d_model, "n_layers": cfg.model.n_layers,
            "seq": cfg.model.max_seq_len, "batch": cfg.train.batch_size * cfg.train.grad_accum,
            "vocab": cfg.tokenizer.vocab_size, "padded_vocab": b.model.cfg.padded_vocab_size,
            "device": device_name, "precision": resolve_precision(b.device, cfg.train.precision),
-           "compiled": b.step.compiled, "warmup_s": round(warmup_s, 1)}
+           "compiled": b.step.compiled, "loss": b.step.loss, "warmup_s": round(warmup_s, 1)}
     if cfg.bench.compare == "hf":
         ours, theirs = [], []
         for _ in range(cfg.bench.pairs):  # alternated, so a drift in the machine's speed hits both
@@ -115,17 +145,67 @@ def bench_step(cfg: DictConfig) -> dict:
             theirs.append(hf_tokens_per_s(cfg, b.model.cfg.padded_vocab_size, b.device.type, b.step.compiled))
         ratios = [a / h for a, h in zip(ours, theirs)]
         row.update(tokens_per_s=statistics.median(ours), hf_tokens_per_s=statistics.median(theirs),
-                   ratio=statistics.median(ratios), ratios=[round(r, 3) for r in ratios])
+                   ratio=statistics.median(ratios), ratios=[round(r, 3) for r in ratios], ratio_to="HF")
     else:
         row["tokens_per_s"] = b.tokens_per_s()
+    peak_gib = memory_gib(b.device, peak=True)
     row.update(ms_per_step=1e3 * b.tokens_per_step / row["tokens_per_s"],
                mfu=mfu(model_flops_per_token(b.model), row["tokens_per_s"], peak),
-               peak_mem_gib=peak_memory_gib(b.device))
+               peak_mem_gib=peak_gib, step_mem_gib=peak_gib - before_steps_gib,
+               eval_tokens_per_s=b.eval_tokens_per_s())
     if cfg.bench.checkpoint:
         row.update(checkpoint_times(b))
     if cfg.bench.profile:
-        print(kernel_profile(b))
+        print(kernel_profile(b, row["ms_per_step"]))
     return row
+
+
+def bench_process(cfg: DictConfig, loss: str) -> dict:
+    """The row of `python -m lmlab.bench` with this call's trainer overrides and train.loss=`loss`,
+    in a fresh process: its peak memory is that loss's alone."""
+    keep = ("bench.warmup_steps", "bench.steps", "bench.windows")
+    overrides = [o for o in HydraConfig.get().overrides.task
+                 if not (o.startswith(("bench.", "train.loss=")) and not o.startswith(keep))]
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "lmlab.bench", *overrides, f"train.loss={loss}", f"bench.out={tmp}/row.jsonl",
+               f"hydra.run.dir={tmp}/run"]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr.strip().splitlines()[-1:]}")
+        return json.loads(Path(tmp, "row.jsonl").read_text())
+
+
+def compare_losses(cfg: DictConfig) -> list[dict]:
+    """One row per loss (dense, chunked, and on CUDA liger and cce where installed): the medians of
+    bench.pairs runs, each in its own process, the losses alternated so a drift in the machine's
+    speed hits all of them; `ratio` is the median of each round's tokens/s over the dense one's."""
+    from importlib.util import find_spec
+
+    from lmlab.config import LOSS_PACKAGES
+    from lmlab.step import resolve_device
+
+    losses = ["dense", "chunked"]
+    if resolve_device(cfg.train.device).type == "cuda":  # their kernels are Triton's: CUDA only
+        losses += [loss for loss, package in LOSS_PACKAGES.items() if find_spec(package)]
+    runs = {loss: [] for loss in losses}
+    for _ in range(cfg.bench.pairs):
+        for loss in list(runs):
+            try:
+                runs[loss].append(bench_process(cfg, loss))
+            except RuntimeError as e:
+                if loss in ("dense", "chunked"):
+                    raise
+                print(f"train.loss={loss} left out: {e}", flush=True)  # an optional package's kernels
+                del runs[loss]
+    rows = []
+    for loss, arm in runs.items():
+        row = {**arm[0], **{key: statistics.median(r[key] for r in arm) for key in (
+            "tokens_per_s", "ms_per_step", "mfu", "peak_mem_gib", "step_mem_gib", "eval_tokens_per_s")
+            if arm[0][key] is not None}}
+        ratios = [r["tokens_per_s"] / d["tokens_per_s"] for r, d in zip(arm, runs["dense"])]
+        row.update(ratio=statistics.median(ratios), ratios=[round(r, 3) for r in ratios], ratio_to="dense")
+        rows.append(row)
+    return rows
 
 
 def checkpoint_times(b: Bench) -> dict:
@@ -155,8 +235,9 @@ KERNEL_KINDS = [("loss (log-softmax, NLL)", r"log_softmax|nll|cross_entropy"),
                 ("fused elementwise (Inductor)", r"triton")]
 
 
-def kernel_profile(b: Bench) -> str:
-    """Where one window's device time goes, by kind of kernel, and its top kernels."""
+def kernel_profile(b: Bench, ms_per_step: float) -> str:
+    """Where one window's device time goes, by kind of kernel, and its top kernels; on CUDA, the
+    share of a step (`ms_per_step`, timed without the profiler) the device sits idle."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -177,15 +258,54 @@ def kernel_profile(b: Bench) -> str:
               for kind, t in sorted(kinds.items(), key=lambda kv: -kv[1])]
     if cuda:  # a step that takes longer than its kernels is waiting on the host: where its time goes
         host = sum(e.self_cpu_time_total for e in prof.key_averages())
-        lines.append(f"host time in ops: {host * per_step:.2f} ms per step")
+        lines.append(f"host time in ops: {host * per_step:.2f} ms per step; device idle "
+                     f"{max(0.0, 1 - busy * per_step / ms_per_step):.1%} of a {ms_per_step:.2f} ms step")
     sort = "self_device_time_total" if cuda else "self_cpu_time_total"
     return "\n".join(lines) + "\n" + prof.key_averages().table(sort_by=sort, row_limit=12, max_name_column_width=60)
 
 
+# A cold token cache built by lmlab, and the same text through the tokenizers library's own recipe
+# (train a byte-level BPE over the training documents, then encode_batch every split's): each from
+# a fresh process, given the documents as `split_text` reads them.
+CACHE_BUILD = """import sys
+from omegaconf import OmegaConf
+from lmlab.data import load_splits
+cfg = OmegaConf.create(sys.argv[1])
+load_splits(cfg.data, cfg.tokenizer)"""
+PLAIN_RECIPE = """import json, sys
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from lmlab.data.sources import SPLITS, split_text
+from lmlab.data.tokenizer import EOS
+from omegaconf import OmegaConf
+cfg = OmegaConf.create(sys.argv[1])
+docs = {split: split_text(cfg.data, split).documents for split in SPLITS}
+tok = Tokenizer(models.BPE())
+tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+trainer = trainers.BpeTrainer(vocab_size=cfg.tokenizer.vocab_size, special_tokens=[EOS], show_progress=False)
+tok.train_from_iterator(docs["train"], trainer=trainer)
+for split in SPLITS:
+    tok.encode_batch(docs[split])"""
+
+
+def cache_build_times(cfg: DictConfig) -> dict:
+    """Seconds from launch to exit of a fresh process building a cold cache of data= with lmlab,
+    and of one running the plain recipe on the same documents (neither computes the floors)."""
+    times = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = to_container(cfg)
+        config["data"]["cache_dir"] = tmp
+        for key, script in (("cache_build_s", CACHE_BUILD), ("recipe_build_s", PLAIN_RECIPE)):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", script, json.dumps(config)], capture_output=True, check=True)
+            times[key] = time.perf_counter() - started
+    return {**times, "cache_build_ratio": times["cache_build_s"] / times["recipe_build_s"]}
+
+
 def data_path(cfg: DictConfig) -> dict:
-    """BPE encoding speed of the cache's own encoder, the warm cache's load time, and a one-step run
+    """BPE encoding speed of the cache's own encoder, the warm cache's load time, a one-step run
     (one evaluation batch) on that warm cache: launch to the end of its first step (its summary's
-    startup_s, counted from its first line of lmlab) and launch to exit."""
+    startup_s, counted from its first line of lmlab) and launch to exit; and a cold cache's build
+    against the tokenizers library's own recipe (`cache_build_times`)."""
     from lmlab.data import load_splits
     from lmlab.data.sources import split_text
     from lmlab.data.tokens import write_tokens
@@ -207,25 +327,30 @@ def data_path(cfg: DictConfig) -> dict:
         launch_s = time.perf_counter() - started
         startup_s = json.loads((Path(tmp) / "run" / "summary.json").read_text())["startup_s"]
     return {"bpe_encode_mb_s": text.n_bytes / 1e6 / encode_s, "train_mb": text.n_bytes / 1e6,
-            "cache_load_s": load_s, "launch_to_first_step_s": startup_s, "launch_to_exit_1_step_s": launch_s}
+            "cache_load_s": load_s, "launch_to_first_step_s": startup_s, "launch_to_exit_1_step_s": launch_s,
+            **cache_build_times(cfg)}
 
 
-def format_row(row: dict) -> str:
-    def num(key, fmt):
-        return format(row[key], fmt) if row.get(key) is not None else "-"
+def format_rows(rows: list[dict]) -> str:
+    """The table of `rows`, each followed by its extra figures (checkpoint, data path)."""
+    head = ["model", "shape (d x L, seq x batch, vocab)", "device", "compiled", "loss", "tokens/s", "ms/step", "MFU",
+            "peak GiB (step's)", "eval tokens/s", "HF tokens/s", "ratio (pairs)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        def num(key, fmt, row=row):
+            return format(row[key], fmt) if row.get(key) is not None else "-"
 
-    head = ["model", "shape (d x L, seq x batch, vocab)", "device", "compiled", "tokens/s", "ms/step", "MFU",
-            "peak GiB", "HF tokens/s", "lmlab/HF (pairs)"]
-    cells = [row["model"], f"{row['d_model']}x{row['n_layers']}, {row['seq']}x{row['batch']}, {row['vocab']}"
-             f"{'->' + str(row['padded_vocab']) if row['padded_vocab'] != row['vocab'] else ''}",
-             f"{row['device']} {row['precision']}", str(row["compiled"]), num("tokens_per_s", ",.0f"),
-             num("ms_per_step", ".1f"), num("mfu", ".1%"), num("peak_mem_gib", ".2f"), num("hf_tokens_per_s", ",.0f"),
-             f"{row['ratio']:.3f} ({', '.join(map(str, row['ratios']))})" if "ratio" in row else "-"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), "| " + " | ".join(cells) + " |"]
-    extra = {k: v for k, v in row.items() if k.startswith(("ckpt_", "tokens_per_s_while", "bpe_", "train_mb",
-                                                           "cache_", "launch_"))}
-    if extra:
-        lines.append("  " + ", ".join(f"{k}={v:.3g}" for k, v in extra.items()))
+        cells = [row["model"], f"{row['d_model']}x{row['n_layers']}, {row['seq']}x{row['batch']}, {row['vocab']}"
+                 f"{'->' + str(row['padded_vocab']) if row['padded_vocab'] != row['vocab'] else ''}",
+                 f"{row['device']} {row['precision']}", str(row["compiled"]), row["loss"], num("tokens_per_s", ",.0f"),
+                 num("ms_per_step", ".1f"), num("mfu", ".1%"), f"{num('peak_mem_gib', '.2f')} ({num('step_mem_gib', '.2f')})",
+                 num("eval_tokens_per_s", ",.0f"), num("hf_tokens_per_s", ",.0f"),
+                 f"{row['ratio']:.3f} vs {row['ratio_to']} ({', '.join(map(str, row['ratios']))})" if "ratio" in row else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+        extra = {k: v for k, v in row.items() if k.startswith(("ckpt_", "tokens_per_s_while", "bpe_", "train_mb",
+                                                               "cache_", "launch_", "recipe_"))}
+        if extra:
+            lines.append("  " + ", ".join(f"{k}={v:.3g}" for k, v in extra.items()))
     return "\n".join(lines)
 
 
@@ -235,17 +360,17 @@ def main(cfg: DictConfig) -> float:
 
     try:
         validate(cfg)
-        row = bench_step(cfg)
+        rows = compare_losses(cfg) if cfg.bench.compare == "loss" else [bench_step(cfg)]
         if cfg.bench.data:
-            row.update(data_path(cfg))
+            rows[-1].update(data_path(cfg))
     except Exception as e:
         exit_for(e, "lmlab.bench")
         raise
-    print(format_row(row), flush=True)
+    print(format_rows(rows), flush=True)
     if cfg.bench.out:
         with open(cfg.bench.out, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-    return row["tokens_per_s"]
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+    return rows[0]["tokens_per_s"]
 
 
 def cli() -> None:

@@ -6,6 +6,7 @@ value is rejected by OmegaConf when Hydra composes; `validate` adds the cross-fi
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -73,6 +74,10 @@ class ScheduleConfig:
     min_lr_ratio: float = 0.1
 
 
+# train.loss options that need an optional package (lmlab/loss.py), and the module each imports
+LOSS_PACKAGES = {"liger": "liger_kernel", "cce": "cut_cross_entropy"}
+
+
 @dataclass
 class TrainConfig:
     max_steps: Optional[int] = 5000
@@ -88,6 +93,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     compile: str = "auto"  # auto (on CUDA only) | true | false: torch.compile of the step's forward and loss
     compile_mode: Optional[str] = None  # torch.compile's mode: null (default) | reduce-overhead | max-autotune
+    loss: str = "auto"  # auto (dense, as measured so far) | dense | chunked | liger | cce (docs/speed.md)
     attention: str = "auto"  # SDPA backend tried first: auto (cudnn on Hopper) | cudnn | flash | efficient | math
     peak_tflops: Optional[float] = None  # the device's dense peak for MFU; null = the table in lmlab/flops.py
     deterministic: bool = False  # bit-identical reruns on CUDA too: deterministic kernels, math attention (slower)
@@ -190,8 +196,10 @@ class BenchConfig:
     warmup_steps: int = 3  # untimed: compilation and allocator warm-up
     steps: int = 10  # steps per timed window (one device sync per window)
     windows: int = 5  # the median window is reported
-    compare: str = "none"  # none | hf: the same shapes through `hf_script`, alternated with lmlab's windows
-    pairs: int = 3  # alternated (lmlab, HF) pairs; the median ratio is reported
+    # none | hf: the same shapes through `hf_script`, alternated with lmlab's windows | loss: each
+    # train.loss (dense, chunked; liger, cce on CUDA where installed) in its own process, alternated
+    compare: str = "none"
+    pairs: int = 3  # alternated (lmlab, HF) pairs or rounds of the losses; the median ratio is reported
     hf_script: str = "../shared/bench/hf_gpt2_baseline.py"
     data: bool = False  # also the data path: BPE encoding MB/s, warm cache load, launch to exit of a 1-step run
     checkpoint: bool = False  # also a checkpoint save: the stall and the background write
@@ -323,7 +331,7 @@ def validate(cfg: DictConfig) -> None:
                           "stride would leave tokens between the common windows unscored")
     if "bench" in cfg:
         _positive(cfg, ["bench.steps", "bench.windows", "bench.pairs"])
-        _one_of(cfg, "bench.compare", ("none", "hf"))
+        _one_of(cfg, "bench.compare", ("none", "hf", "loss"))
     if cfg.tokenizer.vocab_size < 260:
         raise ConfigError("tokenizer.vocab_size", "must be at least 260 (256 bytes + EOS + merges)")
     _one_of(cfg, "data.kind", ("wikitext", "hub", "text"))
@@ -346,6 +354,11 @@ def validate(cfg: DictConfig) -> None:
     if str(cfg.train.compile).lower() not in ("auto", "true", "false"):
         raise ConfigError("train.compile", f"must be one of auto, true, false; got {cfg.train.compile!r}")
     _one_of(cfg, "train.compile_mode", (None, "default", "reduce-overhead", "max-autotune"))
+    _one_of(cfg, "train.loss", ("auto", "dense", "chunked", *LOSS_PACKAGES))
+    package = LOSS_PACKAGES.get(cfg.train.loss)
+    if package and importlib.util.find_spec(package) is None:
+        raise ConfigError("train.loss", f"{cfg.train.loss} needs the {package} package, which is not installed "
+                          "(an optional extra, for CUDA; see docs/speed.md)")
     _one_of(cfg, "train.attention", ("auto", "cudnn", "flash", "efficient", "math"))
     _one_of(cfg, "logger.kind", ("none", "wandb"))
     _one_of(cfg, "logger.mode", (None, "online", "offline", "disabled"))

@@ -144,13 +144,15 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, pad_mask: torch.Tensor | None = None,
                 segments: torch.Tensor | None = None, cache: KVCache | None = None,
-                padded_vocab: bool = False) -> torch.Tensor:
+                padded_vocab: bool = False, return_hidden: bool = False) -> torch.Tensor:
         """Logits (B, T, vocab_size), so sampling and every other reader only ever see the real
         vocabulary. `padded_vocab=True` keeps the padded width with -inf in the padded entries (no
         probability, no gradient), which is what the loss takes: with the width sliced off, the
         compiled loss read unaligned rows and zero-filled a full copy for the backward, 3.9 of the
-        small model's 7.7 ms of GPU time per step on an H200. With a cache, idx continues the
-        cached sequence."""
+        small model's 7.7 ms of GPU time per step on an H200. `return_hidden=True` returns the
+        final hidden states (B, T, d_model) instead, the head's input (`lm_head.weight`, padded
+        rows included), for a loss that never holds all the logits at once. With a cache, idx
+        continues the cached sequence."""
         B, T = idx.shape
         start = 0 if cache is None or cache[0][0] is None else cache[0][0].size(2)
         if start + T > self.cfg.max_seq_len:
@@ -160,7 +162,10 @@ class GPT(nn.Module):
         mask = attention_mask(pad_mask, segments, T, idx.device)
         for i, block in enumerate(self.blocks):
             x = block(x, mask, None if cache is None else cache[i])
-        logits = self.lm_head(self.ln_f(x))
+        x = self.ln_f(x)
+        if return_hidden:
+            return x
+        logits = self.lm_head(x)
         if self.cfg.padded_vocab_size == self.cfg.vocab_size:
             return logits
         if padded_vocab:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from lmlab.config import ConfigError
 from lmlab.data import IGNORE, Sampler, collate, scored_targets, with_seed_bugs
 from lmlab.distributed import Ranks, data_parallel, no_sync
+from lmlab.loss import HEAD_LOSSES
 from lmlab.model import GPT
 
 
@@ -137,17 +138,32 @@ def device_batches(tokens, sampler: Sampler, count: int, eos_id: int, segments: 
     return batches, n_targets
 
 
-def forward_loss(model, x, y, pad_mask=None, segments=None, reduction: str = "mean") -> torch.Tensor:
+def resolve_loss(setting: str, device: torch.device) -> str:
+    """train.loss: `auto` is the dense loss. On 2 CPU cores the chunked one ran the small model's
+    step (vocabulary 8192, 8 x 256) slower (docs/speed.md: its many small ops per chunk against one
+    large matmul each way); on CUDA it is not measured yet."""
+    return "dense" if setting == "auto" else setting
+
+
+def forward_loss(model, x, y, pad_mask=None, segments=None, reduction: str = "mean",
+                 loss: str = "dense") -> torch.Tensor:
     """Cross-entropy of a device batch; pad and unscored targets (IGNORE) count for nothing, and so
-    do padded vocabulary entries (-inf). Under torch.compile the fp32 upcast and the -inf fuse into
-    the loss kernels instead of copying the logits."""
-    logits = model(x, pad_mask=pad_mask, segments=segments, padded_vocab=True)
-    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction=reduction)
+    do padded vocabulary entries (-inf). `loss` is a resolved train.loss: `dense` takes the model's
+    logits (under torch.compile the fp32 upcast and the -inf fuse into the loss kernels instead of
+    copying them); the others take its final hidden states and head weight (lmlab/loss.py)."""
+    if loss == "dense":
+        logits = model(x, pad_mask=pad_mask, segments=segments, padded_vocab=True)
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction=reduction)
+    hidden = model(x, pad_mask=pad_mask, segments=segments, return_hidden=True)
+    gpt = getattr(model, "module", model)  # under DDP the model runs wrapped, so its gradients are synced
+    return HEAD_LOSSES[loss](hidden.flatten(0, 1), gpt.lm_head.weight, y.flatten(), gpt.cfg.vocab_size,
+                             ignore_index=IGNORE, reduction=reduction)
 
 
-def batch_loss(model, batch: dict, device, reduction: str = "mean") -> torch.Tensor:
-    """`forward_loss` of a host batch from `collate`."""
-    return forward_loss(model, **to_device(batch, device), reduction=reduction)
+def batch_loss(model, batch: dict, device, reduction: str = "mean", loss: str = "auto") -> torch.Tensor:
+    """`forward_loss` of a host batch from `collate`, with train.loss `loss`."""
+    device = torch.device(device)
+    return forward_loss(model, **to_device(batch, device), reduction=reduction, loss=resolve_loss(loss, device))
 
 
 class TrainStep:
@@ -163,6 +179,7 @@ class TrainStep:
         self.model, self.optimizer, self.device, self.tcfg, self.ranks = model, optimizer, device, tcfg, ranks
         self.module = data_parallel(model, ranks, device)
         self.compiled = use_compile(tcfg.compile, device)
+        self.loss = resolve_loss(tcfg.loss, device)
         self.loss_fn = torch.compile(forward_loss, mode=tcfg.compile_mode) if self.compiled else forward_loss
         if tcfg.deterministic:
             make_deterministic()
@@ -180,7 +197,7 @@ class TrainStep:
         for i, (batch, _) in enumerate(micro_batches):
             with nullcontext() if i == len(micro_batches) - 1 else no_sync(self.module):
                 with compute_context(self.device, self.tcfg):
-                    share = self.loss_fn(self.module, **batch, reduction="sum") / step_targets
+                    share = self.loss_fn(self.module, **batch, reduction="sum", loss=self.loss) / step_targets
                 # DDP averages gradients over the ranks; the shares are to be summed.
                 (share * self.ranks.world).backward()
             total += share.detach()

@@ -72,9 +72,26 @@ def test_bench_cli_prints_the_table_with_hf_data_path_and_checkpoint(tmp_path):
     assert 0 < row["ckpt_stall_s"] < row["ckpt_write_s"] and row["ckpt_blocking_s"] > 0
     assert row["bpe_encode_mb_s"] > 0 and row["cache_load_s"] > 0
     assert 0 < row["launch_to_first_step_s"] < row["launch_to_exit_1_step_s"]
+    assert row["cache_build_ratio"] == pytest.approx(row["cache_build_s"] / row["recipe_build_s"])
+    assert row["eval_tokens_per_s"] > 0 and row["loss"] == "dense"  # train.loss=auto on the CPU
+    assert 0 <= row["step_mem_gib"] < row["peak_mem_gib"]
+    assert "cache_build_ratio=" in r.stdout and "| dense |" in r.stdout
+
+
+def test_bench_compares_the_losses_each_in_its_own_process(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    r = run_cli([*TINY, *SHORT, "bench.compare=loss", "bench.pairs=1", f"bench.out={out}",
+                 f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, module="lmlab.bench")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["loss"] for row in rows] == ["dense", "chunked"]
+    assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] == pytest.approx(rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"])
+    assert all(row["peak_mem_gib"] > 0 and row["eval_tokens_per_s"] > 0 for row in rows)
+    assert "| dense |" in r.stdout and "| chunked |" in r.stdout and "vs dense" in r.stdout
 
 
 def test_bench_options_are_checked_before_any_compute(tmp_path):
-    for bad, key in (("bench.stepz=3", "stepz"), ("bench.compare=nano", "bench.compare")):
+    for bad, key in (("bench.stepz=3", "stepz"), ("bench.compare=nano", "bench.compare"),
+                     ("train.loss=sparse", "train.loss")):
         r = run_cli([bad, f"hydra.run.dir={tmp_path}"], cwd=REPO, module="lmlab.bench")
         assert r.returncode == 2 and key in r.stderr and r.stderr.startswith("lmlab.bench: error:"), r.stderr

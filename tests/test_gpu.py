@@ -22,7 +22,7 @@ CFG = GPTConfig(vocab_size=50257, d_model=64, n_heads=4, n_layers=2, d_ff=256, m
 
 def tcfg(**kw):
     base = {"weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "precision": "auto",
-            "compile": "auto", "compile_mode": None, "attention": "auto", "deterministic": False}
+            "compile": "auto", "compile_mode": None, "attention": "auto", "deterministic": False, "loss": "auto"}
     return OmegaConf.create({**base, **kw})
 
 
@@ -35,7 +35,8 @@ def test_pinned_non_blocking_batches_equal_blocking_copies():
         assert value.device.type == "cuda" and torch.equal(value.cpu(), batch[key]), key
 
 
-def test_compiled_bf16_step_with_fused_adamw_learns_and_matches_eager():
+@pytest.mark.parametrize("loss", ["dense", "chunked"])
+def test_compiled_bf16_step_with_fused_adamw_learns_and_matches_eager(loss):
     tokens = np.random.default_rng(0).integers(0, CFG.vocab_size, 64 * 65 + 1)
     rows = packed_rows(len(tokens), 64)
     losses = {}
@@ -43,7 +44,7 @@ def test_compiled_bf16_step_with_fused_adamw_learns_and_matches_eager():
         torch.manual_seed(0)
         model = GPT(CFG).to(CUDA)
         opt = make_optimizer(model, tcfg(), fused=True)
-        step = TrainStep(model, opt, CUDA, tcfg(compile=setting))
+        step = TrainStep(model, opt, CUDA, tcfg(compile=setting, loss=loss))
         assert opt.defaults["fused"] and step.compiled == (setting == "auto")
         sampler = Sampler(rows[:8], 8, seed=0)  # one batch, again and again: the loss must fall
         losses[setting] = [step(device_batches(tokens, sampler, 1, 0, False, CUDA)[0], 3e-3).item()

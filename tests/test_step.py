@@ -21,7 +21,8 @@ CFG = GPTConfig(vocab_size=101, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_
 
 def tcfg(**kw):
     base = {"weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "precision": "auto",
-            "compile": "false", "compile_mode": None, "attention": "auto", "deterministic": False}
+            "compile": "false", "compile_mode": None, "attention": "auto", "deterministic": False,
+            "loss": "auto"}
     return OmegaConf.create({**base, **kw})
 
 
