@@ -164,8 +164,8 @@ def explanation(baseline: str) -> list[str]:
             "seeds (one seed: no spread, shown as such). Δ is the arm's mean test loss minus the baseline's. Its "
             f"{LEVEL:.0%} interval over seeds comes from a paired t-test on the per-seed differences where the arm "
             "and the baseline ran the same seeds, else from Welch's t-test (named in the cell); the interval over "
-            "test documents resamples the test documents (the same draw for both, seeds averaged), so it shows how "
-            "much another test text could move Δ. Differs = Holm-adjusted p < 0.05 over all the arms of this "
+            "seeds and test documents draws both again (the seeds as pairs where the t-test pairs them, the same "
+            "documents for both arms), so it covers training noise and the choice of test text together. Differs = Holm-adjusted p < 0.05 over all the arms of this "
             "report. Below the floor = the strongest reference's test loss minus the arm's; beats = the "
             "highest-order n-gram reference whose test loss is above the arm's mean.", ""]
 
