@@ -193,7 +193,7 @@ def test_warmup_sweep_goes_on_past_failed_jobs_and_the_report_shows_them(tmp_pat
         if "model.n_heads=3" in name:
             assert summary["status"] == "failed" and "model.n_heads" in summary["reason"]
         elif "peak_lr=1e+30" in name:  # Hydra writes the float back as 1e+30
-            assert summary["status"] == "failed" and "loss is nan" in summary["reason"]
+            assert summary["status"] == "failed" and "training loss of nan" in summary["reason"]
         else:
             assert summary["status"] == "done" and math.isfinite(summary["best_val_ppl"])
         assert not (d / "wandb").exists() and not (d / "wandb_run_id").exists()  # logger=none

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from lmlab.report.jobs import Job, arm_keys, find_jobs, swept_keys
+from lmlab.report.jobs import SEED_KEY, Job, find_jobs, swept_keys
 
 # A group's curve or bar is the mean of its runs (an arm's seeds); the band or error bar their
 # standard deviation, the seed spread.
@@ -76,7 +76,9 @@ def sweep_view(root: Path) -> View:
     if not ids:
         raise ValueError(f"no job under {root} logged to W&B (no wandb_run_id): run the sweep with logger=wandb")
     logger = yaml.safe_load((jobs[0].path / ".hydra" / "config.yaml").read_text())["logger"]
-    keys = arm_keys(swept_keys(jobs))
+    # Every swept key but the seed, the LR included: W&B groups runs as the sweep ran them, and the
+    # LR is a key the panels below plot the loss against.
+    keys = [key for key in swept_keys(jobs) if key != SEED_KEY]
     arms = Grid("Arms", tuple(dict.fromkeys(_group_key(key) for key in keys)), (
         Panel("line", "validation perplexity against tokens", x="tokens", y=("val_ppl",), aggregate=MEAN_AND_SPREAD),
         Panel("bar", "test perplexity (mean and seed spread)", y=("test_ppl",), aggregate=MEAN_AND_SPREAD)))
