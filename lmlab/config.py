@@ -51,8 +51,12 @@ class DataConfig:
     hub_config: Optional[str] = None
     text_column: str = "text"  # hub: the column holding each document; text: the .jsonl field
     local_dir: Optional[str] = None  # wikitext: null = download hub_id with `datasets`; text: the folder
-    # hub and text corpora without a validation or test split: documents carved from train for
-    # each, a fraction (< 1) or a count (>= 1), by datasets' train_test_split seeded with split_seed
+    # wikitext in a local folder: every article of its files (any of train/valid/test) in one pool,
+    # validation and test carved from it as whole articles (data.holdout each), the rest trains
+    pool: bool = False
+    # hub and text corpora without a validation or test split, and a pooled WikiText folder:
+    # documents carved for each, a fraction (< 1) or a count (>= 1), by datasets' train_test_split
+    # seeded with split_seed
     holdout: float = 0.05
     split_seed: int = 0
     cache_dir: str = "${oc.env:LMLAB_CACHE_DIR,'~/.cache/lmlab'}"
@@ -158,6 +162,9 @@ class RootcauseConfig:
     common_window: int = 256
     # Stage 1's peak LRs (a sweep value list): a factor 2 apart around the scale's usual LR.
     lr_grid: str = "1.5e-4,3e-4,6e-4"
+    # The baseline's training FLOPs (lmlab.flops: its FLOPs per token x train.max_tokens), the
+    # budget of the equal-compute arms (size_compute, ratio_compute): model=small at scale=seed.
+    max_flops: float = 1.16253523968e15
 
 
 def rows_of(tokens: int, context: int) -> int:
@@ -342,7 +349,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.kind == "hub" and cfg.data.local_dir is not None:
         raise ConfigError("data.local_dir", "data=hub loads data.hub_id (a hub id or a local folder datasets can "
                           "read); for a folder of .txt/.jsonl files use data=text")
-    if cfg.data.kind != "wikitext" and cfg.data.holdout <= 0:
+    if cfg.data.pool and (cfg.data.kind != "wikitext" or cfg.data.local_dir is None):
+        raise ConfigError("data.pool", "pools the articles of a local WikiText folder: set data.local_dir=DIR")
+    if (cfg.data.kind != "wikitext" or cfg.data.pool) and cfg.data.holdout <= 0:
         raise ConfigError("data.holdout", f"must be positive (a fraction < 1 or a count >= 1), got {cfg.data.holdout}")
     if cfg.bugs.no_pad_mask and cfg.data.packing:
         raise ConfigError("bugs.no_pad_mask", "packed rows have no padding to mask; the bug is about "

@@ -12,7 +12,8 @@ a split's documents and its word and byte counts. `data.kind` picks the source:
 
 A `hub` or `text` corpus without a validation or test split has it carved from train
 (`data.holdout` documents, a fraction or a count) by `datasets`' seeded `train_test_split`, so the
-same corpus always gives the same splits.
+same corpus always gives the same splits. `data.pool=true` does the same for a local WikiText
+folder: the articles of all its files form one pool that validation and test are carved from.
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def source_key(data_cfg) -> str:
     files = source_files(data_cfg)
     parts = [f"hub:{data_cfg.hub_id}:{data_cfg.hub_config}"] if kind == "hub" or files is None else []
     parts += [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files or []]
-    if kind != "wikitext":
+    if kind != "wikitext" or data_cfg.get("pool"):
         parts.append(f"{kind}:{data_cfg.text_column}:{data_cfg.holdout}:{data_cfg.split_seed}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
@@ -103,11 +104,23 @@ def _wikitext_files(data_cfg) -> list[Path]:
     found = {s: [_raw_file(folder, s)] if _raw_file(folder, s) else _parquet_files(folder, data_cfg.hub_config, s)
              for s in SPLITS}
     missing = [s for s in SPLITS if not found[s]]
-    if missing:
+    if missing and not (data_cfg.get("pool") and len(missing) < len(SPLITS)):
         raise DataError(
             f"data.local_dir={data_cfg.local_dir} has no {'/'.join(missing)} split: expected "
-            f"wiki.{{train,valid,test}}.raw (or .tokens) or {data_cfg.hub_config}/{{train,validation,test}}-*.parquet")
+            f"wiki.{{train,valid,test}}.raw (or .tokens) or {data_cfg.hub_config}/{{train,validation,test}}-*.parquet"
+            + ("" if missing == ["train"] else "; data.pool=true carves the splits from the files there are"))
     return [f for s in SPLITS for f in found[s]]
+
+
+def _wikitext_pool(data_cfg) -> dict:
+    """Every article of a local WikiText folder's files, as one train split for `_carve`."""
+    import datasets
+
+    folder = _folder(data_cfg)
+    _wikitext_files(data_cfg)  # raises a DataError when the folder holds no split at all
+    present = [s for s in SPLITS if _raw_file(folder, s) or _parquet_files(folder, data_cfg.hub_config, s)]
+    articles = [doc for split in present for doc in documents(read_split(data_cfg, split)) if _has_text(doc)]
+    return {"train": datasets.Dataset.from_dict({"text": articles})}
 
 
 def read_split(data_cfg, split: str) -> list[str]:
@@ -115,8 +128,9 @@ def read_split(data_cfg, split: str) -> list[str]:
     if data_cfg.local_dir is None:
         return _rows_to_lines(_load_dataset(data_cfg.hub_id, data_cfg.hub_config, split=split)["text"])
     folder = Path(data_cfg.local_dir).expanduser()
-    _wikitext_files(data_cfg)  # raises a DataError naming what is missing
     raw = _raw_file(folder, split)
+    if raw is None or not data_cfg.get("pool"):
+        _wikitext_files(data_cfg)  # raises a DataError naming what is missing
     if raw is not None:
         return _read_utf8(raw).splitlines(keepends=True)
     import datasets
@@ -279,8 +293,10 @@ def _carve(splits: dict, data_cfg) -> dict:
 
 
 def corpus_documents(data_cfg) -> dict[str, list[str]]:
-    """Every split's documents of a `hub` or `text` corpus, which is read and carved as a whole."""
-    splits = _hub_splits(data_cfg) if corpus_kind(data_cfg) == "hub" else _text_splits(data_cfg)
+    """Every split's documents of a `hub` or `text` corpus or a WikiText pool, which is read and
+    carved as a whole."""
+    readers = {"hub": _hub_splits, "text": _text_splits, "wikitext": _wikitext_pool}
+    splits = readers[corpus_kind(data_cfg)](data_cfg)
     return {split: list(ds["text"]) for split, ds in _carve(splits, data_cfg).items()}
 
 
@@ -298,7 +314,7 @@ def split_texts(data_cfg, split: str) -> dict[str, SplitText]:
     """`split`'s documents and counts: WikiText's alone (only the documents outlive this call, so a
     large split is held in memory once), a hub or text corpus's with every other split's, since
     carving reads the whole corpus anyway and reading it once per split would do that three times."""
-    if corpus_kind(data_cfg) == "wikitext":
+    if corpus_kind(data_cfg) == "wikitext" and not data_cfg.get("pool"):
         lines = read_split(data_cfg, split)
         found = {split: (documents(lines), word_count(lines)) if any(line.strip() for line in lines) else ([], 0)}
     else:
