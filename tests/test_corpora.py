@@ -153,3 +153,29 @@ def test_hub_kind_reads_another_column_where_a_text_column_is_beside_it(tmp_path
     cfg = compose_config(["data=hub", f"data.hub_id={tmp_path}", "data.holdout=2", "data.text_column=story"]).data
     docs = [d for s in ("train", "validation", "test") for d in split_text(cfg, s).documents]
     assert sorted(docs) == sorted(r["story"] for r in rows)
+
+
+def wikitext_file(titles: list[str]) -> str:
+    """WikiText's layout: ` = Title = ` lines start articles, every line starts with a space."""
+    return "".join(f" \n = {t} = \n \n {t} is an article of {len(t)} letters . \n \n = = Section = = \n \n More on {t} . \n"
+                   for t in titles)
+
+
+def test_a_wikitext_folder_pools_its_articles_and_carves_whole_ones(tmp_path):
+    (tmp_path / "wiki.valid.raw").write_text(wikitext_file([f"Valid{i}" for i in range(6)]))
+    (tmp_path / "wiki.test.raw").write_text(wikitext_file([f"Test{i}" for i in range(4)]))
+    cfg = compose_config(["data=wikitext2", f"data.local_dir={tmp_path}", "data.pool=true", "data.holdout=2"]).data
+    texts = {s: split_text(cfg, s) for s in ("train", "validation", "test")}
+    docs = {s: t.documents for s, t in texts.items()}
+    assert [len(docs[s]) for s in docs] == [6, 2, 2]
+    titles = sorted(d.split(" = ")[1] for s in docs for d in docs[s])
+    assert titles == sorted([f"Valid{i}" for i in range(6)] + [f"Test{i}" for i in range(4)])  # whole, disjoint
+    whole = sum(sources.word_count((tmp_path / f"wiki.{s}.raw").read_text().splitlines(keepends=True))
+                for s in ("valid", "test"))
+    assert sum(t.n_words for t in texts.values()) == whole  # WikiText's words: all of them, once
+    assert {s: split_text(cfg, s).documents for s in docs} == docs  # deterministic
+    unpooled = compose_config(["data=wikitext2", f"data.local_dir={tmp_path}"]).data
+    with pytest.raises(DataError, match="no train split"):
+        split_text(unpooled, "train")
+    assert source_key(cfg) != source_key(compose_config(
+        ["data=wikitext2", f"data.local_dir={tmp_path}", "data.pool=true", "data.holdout=3"]).data)

@@ -77,3 +77,31 @@ def test_evaluate_cli_names_a_bad_option_in_one_line(budget_run):
     r = run_cli([f"checkpoint={budget_run / 'checkpoints' / 'best.pt'}", "split=dev"], cwd=REPO,
                 module="lmlab.evaluate")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "split" in r.stderr
+
+
+def test_rescore_makes_an_arm_of_the_same_weights_in_train_mode(budget_run, tmp_path):
+    import shutil
+
+    import yaml
+
+    from lmlab.report.jobs import arms, find_jobs, swept_keys
+    from lmlab.rescore import main as rescore
+
+    job = tmp_path / "sweep" / "+variant=baseline,train.seed=0"
+    shutil.copytree(budget_run, job)
+    overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["+variant=baseline", "train.seed=0", *overrides]))
+    s = _json(job / "summary.json")
+    [same] = rescore([str(tmp_path / "sweep"), "as_arm=eval_again", "mode=eval"])
+    assert _json(same / "summary.json")["test_loss"] == pytest.approx(s["test_loss"], rel=1e-12)  # the same weights
+    [buggy] = rescore([str(tmp_path / "sweep"), "mode=train"])
+    first = _json(buggy / "summary.json")
+    [buggy] = rescore([str(tmp_path / "sweep"), "mode=train"])
+    again = _json(buggy / "summary.json")
+    assert first["test_loss"] == again["test_loss"] > s["test_loss"]  # dropout on costs; seeded, so repeatable
+    assert first["best_val_loss"] == first["val_loss"] != s["best_val_loss"] and first["rescore_mode"] == "train"
+    scores = _json(buggy / "test_scores.json")
+    assert sum(scores["doc_nll"]) / sum(scores["doc_tokens"]) == pytest.approx(first["test_loss"], rel=1e-9)
+    jobs = find_jobs(tmp_path / "sweep")
+    grouped = arms(jobs=jobs, keys=swept_keys(jobs))
+    assert sorted(grouped) == ["variant=baseline", "variant=bug_eval_train_mode", "variant=eval_again"]
