@@ -3,21 +3,26 @@
 Exports the checkpoint (lmlab.export), scores the run's test split with `lm_eval`'s `hf` model on
 two tasks shipped in lmlab/lm_eval_tasks/, and prints one table beside lmlab's own numbers:
 
-  A  lmlab as summary.json reports it: the split as one token stream, non-overlapping windows
-     that run across documents, each document's closing EOS scored, WikiText's word count;
-  B  lmlab's model on the harness's windows: each document alone after an EOS, a full window of
-     context for its last tokens, its EOS not scored;
+  A  lmlab's own scoring, on the windows of summary.json's test numbers: the split as one token
+     stream, windows that run across documents, each document's closing EOS scored, the stream's
+     first token not (nothing comes before it);
+  B  lmlab's model on the harness's windows: each document alone after an EOS (the first one
+     too), a full window of context for its last tokens, no EOS scored;
   C  lm-eval `lmlab_text`: the same documents and counts as A and B, scored by the harness;
-  D  lm-eval `lmlab_wikitext` (WikiText runs): the harness's own wikitext task (detokenized text,
-     its word count).
+  D  lm-eval `lmlab_wikitext` (WikiText runs only): the harness's own wikitext task (detokenized
+     text, its word count).
 
-B and C differ only in who computes them, so they agree to rounding; A-B is the windows and EOS;
-C-D is the text (detokenized) and the word count. Needs the `lmeval` extra (`pip install -e '.[lmeval]'`).
+Under the table: C - B, which only rounding should make (the same windows, two programs), and
+A - B taken apart: the EOS tokens only A scores, the first token only B scores, and the windows
+(the tokens both score, read from different contexts). docs/lm-eval.md explains the rows. Needs
+the `lmeval` extra (`pip install -e '.[lmeval]'`).
 """
 from __future__ import annotations
 
+import logging
 import math
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -85,21 +90,91 @@ def harness_rows(stream: np.ndarray, eos_id: int, seq_len: int) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
-def lmlab_scores(model, tokens: np.ndarray, eos_id: int, batch_size: int, docs: list[dict]) -> dict[str, Scores]:
-    """A and B of the module's table, with lmlab's model, over `tokens` (the documents of `docs`)."""
-    from lmlab.data import Split, packed_rows
-    from lmlab.evaluate import evaluate
+def target_rows(rows: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """The row of `rows` that scores each of `targets` (stream indices), cut to score that target
+    alone from the same context, so with the same NLL. `rows` score disjoint, increasing ranges
+    from their score_from on, as lmlab's evaluation windows do."""
+    row = np.searchsorted(rows[:, 2], targets, side="right") - 1
+    return np.stack([rows[row, 0], targets + 1, targets], axis=1).reshape(-1, 3)
+
+
+@dataclass
+class Gap:
+    """A - B in nats, by what only one of them scores and by where the tokens both score read from."""
+    total: float  # A - B
+    eos: float  # A's NLL on the EOS ending each document: B predicts no EOS
+    n_eos: int
+    first: float  # B's NLL on the stream's first token: A has nothing before it to predict it from
+    shared: float  # A's NLL on the tokens both score
+    n_shared: int
+
+    @property
+    def windows(self) -> float:
+        """The rest: the tokens both score, read from different contexts."""
+        return self.total - self.eos + self.first
+
+
+def lmlab_scores(model, tokens: np.ndarray, eos_id: int, batch_size: int, docs: list[dict],
+                 stride: int | None) -> tuple[dict[str, Scores], Gap]:
+    """A and B of the module's table, with lmlab's model, over `tokens` (the documents of `docs`),
+    and what A - B is made of. A's windows are the run's own (eval.stride)."""
+    from lmlab.data import Split
+    from lmlab.evaluate import eval_rows, evaluate
 
     words, n_bytes = sum(d["n_words"] for d in docs), sum(d["n_bytes"] for d in docs)
     seq_len = model.cfg.max_seq_len
     # B puts an EOS before the first document too, as the harness does (lmlab's stream starts bare).
     with_bos = np.concatenate([[eos_id], tokens]).astype(tokens.dtype)
-    streams = {"A": (tokens, packed_rows(len(tokens), seq_len)), "B": (with_bos, harness_rows(with_bos, eos_id, seq_len))}
-    out = {}
-    for name, (stream, rows) in streams.items():
-        nll = evaluate(model, Split(name, stream, len(docs), words, n_bytes), rows, eos_id, batch_size, "cpu").nll
-        out[name] = Scores(nll, words, n_bytes)
-    return out
+
+    def score(stream: np.ndarray, rows: np.ndarray):
+        return evaluate(model, Split("test", stream, len(docs), words, n_bytes), rows, eos_id, batch_size, "cpu")
+
+    a_rows = eval_rows(len(tokens), seq_len, stride)
+    a, b = score(tokens, a_rows), score(with_bos, harness_rows(with_bos, eos_id, seq_len))
+    eos = score(tokens, target_rows(a_rows, np.flatnonzero(tokens == eos_id)))
+    first = score(with_bos, np.array([[0, 2, 1]]))
+    gap = Gap(a.nll - b.nll, eos.nll, eos.n_tokens, first.nll, a.nll - eos.nll, a.n_tokens - eos.n_tokens)
+    return {"A": Scores(a.nll, words, n_bytes), "B": Scores(b.nll, words, n_bytes)}, gap
+
+
+def hf_model(export_dir: Path, batch_size: int):
+    """lm-eval's `hf` model on the export. HFLM.loglikelihood_rolling passes disable_tqdm=False to
+    every batch it scores (lm-eval 0.4.13), which printed one progress bar per batch; here only its
+    bar over the documents is left."""
+    from lm_eval.models.huggingface import HFLM
+
+    class OneBarHFLM(HFLM):
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+            return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
+
+    return OneBarHFLM(pretrained=str(export_dir), dtype="float32", batch_size=batch_size, device="cpu")
+
+
+# Log records that do not apply to lmlab's run, by logger: transformers' warning that a document is
+# longer than the model's context (lm-eval cuts it into windows that fit), and lm-eval's advice to
+# task authors on passing `--metadata` (lmlab passes it).
+NOT_APPLICABLE = {"transformers.tokenization_utils_base": "Token indices sequence length is longer than",
+                  "lm_eval.api.task": "Custom kwargs can be passed to `--metadata`"}
+
+
+@contextmanager
+def quiet_libraries():
+    """transformers without its progress bars (writing and loading the export) and without the
+    NOT_APPLICABLE records; errors and every other warning still show."""
+    from transformers.utils import logging as hf_logging
+
+    filters = {name: (lambda record, text=text: text not in record.getMessage()) for name, text in NOT_APPLICABLE.items()}
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    for name, keep in filters.items():
+        logging.getLogger(name).addFilter(keep)
+    try:
+        yield
+    finally:
+        for name, keep in filters.items():
+            logging.getLogger(name).removeFilter(keep)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def harness_scores(export_dir: Path, checkpoint: str, batch_size: int, limit: int | None, docs: list[dict],
@@ -109,9 +184,8 @@ def harness_scores(export_dir: Path, checkpoint: str, batch_size: int, limit: in
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=str(TASKS_DIR), metadata={"checkpoint": str(checkpoint), "limit": limit})
-    results = lm_eval.simple_evaluate(
-        model="hf", model_args={"pretrained": str(export_dir), "dtype": "float32"}, tasks=list(tasks),
-        task_manager=manager, batch_size=batch_size, device="cpu", log_samples=False, bootstrap_iters=0)
+    results = lm_eval.simple_evaluate(model=hf_model(export_dir, batch_size), tasks=list(tasks), task_manager=manager,
+                                      log_samples=False, bootstrap_iters=0)
     n_bytes = sum(d["n_bytes"] for d in docs)  # both tasks divide by the original text's bytes
     out = {}
     for label, task in zip("CD", tasks):
@@ -122,23 +196,50 @@ def harness_scores(export_dir: Path, checkpoint: str, batch_size: int, limit: in
     return out
 
 
-ROWS = {
-    "A": "lmlab as in summary.json: one stream, windows across documents, EOS scored",
-    "B": "lmlab, the harness's windows: a document at a time after EOS, EOS not scored",
-    "C": "lm-eval `lmlab_text`: the same text and counts as lmlab",
-    "D": "lm-eval `lmlab_wikitext`: its wikitext task (detokenized text, its word count)",
-}
+@dataclass
+class Comparison:
+    scores: dict[str, Scores]  # A, B, C and, on WikiText, D
+    gap: Gap
+    limit: int | None
+    stride: int | None  # the run's eval.stride: A's windows
+    corpus: str  # the run's data.kind
 
 
-def table(scores: dict[str, Scores]) -> str:
+def row_labels(limit: int | None, stride: int | None) -> dict[str, str]:
+    windows = f"windows sliding by {stride}" if stride else "non-overlapping windows"
+    scope = "as in summary.json" if limit is None else f"the first {limit} documents only (summary.json: all)"
+    return {"A": f"lmlab, {scope}: one stream, {windows} across documents, EOS scored",
+            "B": "lmlab, the harness's windows: a document at a time after EOS, EOS not scored",
+            "C": "lm-eval `lmlab_text`: the same text and counts as lmlab",
+            "D": "lm-eval `lmlab_wikitext`: its wikitext task (detokenized text, its word count)"}
+
+
+def table(scores: dict[str, Scores], labels: dict[str, str]) -> str:
     lines = ["| | what is scored | bits per byte | word perplexity | NLL (nats) | words | bytes |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {k} | {ROWS[k]} | {s.bpb:.5f} | {s.word_ppl:.3f} | {s.nll:.2f} | {s.n_words:,} | {s.n_bytes:,} |"
+    lines += [f"| {k} | {labels[k]} | {s.bpb:.5f} | {s.word_ppl:.3f} | {s.nll:.2f} | {s.n_words:,} | {s.n_bytes:,} |"
               for k, s in scores.items()]
     return "\n".join(lines)
 
 
-def compare(cfg: LmEvalConfig) -> dict[str, Scores]:
+def report(c: Comparison) -> str:
+    """The table, C - B, A - B taken apart, and why D is missing where it is."""
+    s, gap = c.scores, c.gap
+    lines = [table(s, row_labels(c.limit, c.stride)), "",
+             f"C - B: {s['C'].nll - s['B'].nll:+.1e} nats, {s['C'].bpb - s['B'].bpb:+.1e} bits per byte "
+             "(the same windows, scored by lm-eval through transformers and by lmlab)",
+             f"A - B: {gap.total:+.2f} nats =",
+             f"  {gap.eos:+10.2f}  the {gap.n_eos:,} EOS ending documents, scored by A only "
+             f"({gap.eos / gap.n_eos:.2f} nats each; the other tokens {gap.shared / gap.n_shared:.2f})",
+             f"  {-gap.first:+10.2f}  the stream's first token, scored by B only (after its EOS)",
+             f"  {gap.windows:+10.2f}  the windows: the {gap.n_shared:,} tokens both score, read from different contexts"]
+    if "D" not in s:
+        lines.append(f"D: not scored: lm-eval's wikitext task undoes WikiText's tokenization (` @-@ `, ` , `), "
+                     f"and this run's corpus is data.kind={c.corpus}")
+    return "\n".join(lines)
+
+
+def compare(cfg: LmEvalConfig) -> Comparison:
     from lmlab.checkpoint import load_model
     from lmlab.data import load_splits
     from lmlab.data.sources import corpus_kind
@@ -154,12 +255,15 @@ def compare(cfg: LmEvalConfig) -> dict[str, Scores]:
     export_loaded(model, tokenizer, ckpt, out, checkpoint)
     run_cfg = OmegaConf.create(ckpt["config"])
     docs = scored_documents(run_cfg.data, cfg.limit)
-    tasks = TASKS if corpus_kind(run_cfg.data) == "wikitext" else TASKS[:1]  # D detokenizes WikiText only
+    corpus = corpus_kind(run_cfg.data)
+    tasks = TASKS if corpus == "wikitext" else TASKS[:1]  # D detokenizes WikiText only
+    stride = OmegaConf.select(run_cfg, "eval.stride", default=None)
     _, splits = load_splits(run_cfg.data, run_cfg.tokenizer)
     tokens = np.asarray(splits["test"].tokens)
     tokens = tokens[:np.flatnonzero(tokens == tokenizer.eos_id)[len(docs) - 1] + 1]  # the first `limit` documents
-    return {**lmlab_scores(model, tokens, tokenizer.eos_id, cfg.batch_size, docs),
-            **harness_scores(out, str(checkpoint), cfg.batch_size, cfg.limit, docs, tasks)}
+    scores, gap = lmlab_scores(model, tokens, tokenizer.eos_id, cfg.batch_size, docs, stride)
+    scores.update(harness_scores(out, str(checkpoint), cfg.batch_size, cfg.limit, docs, tasks))
+    return Comparison(scores, gap, cfg.limit, stride, corpus)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,10 +274,11 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         cfg = parse_key_values(LmEvalConfig, sys.argv[1:] if argv is None else argv, verbatim=("checkpoint", "out"))
-        scores = compare(cfg)
+        with quiet_libraries():
+            comparison = compare(cfg)
     except (ValueError, CheckpointError, DataError, OSError) as e:
         exit_bad_input(e, "lmlab.lmeval")
-    print(table(scores))
+    print(report(comparison))
 
 
 if __name__ == "__main__":
