@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     from lmlab.errors import exit_bad_input
 
     try:
-        cfg = parse_key_values(ExportConfig, sys.argv[1:] if argv is None else argv, verbatim=("checkpoint", "out"))
+        cfg = parse_key_values(ExportConfig, sys.argv[1:] if argv is None else argv, verbatim=("checkpoint", "out"),
+                               doc=__doc__)
         out = export(cfg.checkpoint, cfg.out)
     except (ValueError, CheckpointError, OSError) as e:
         exit_bad_input(e, "lmlab.export")
