@@ -127,7 +127,7 @@ def warmup_warning(sched, total_steps: int) -> str | None:
     warmup = sched.warmup_steps
     if warmup <= total_steps / 2:
         return None
-    reach = f"only {total_steps / warmup:.0%} of" if total_steps < warmup else "all of"
+    reach = f"only {100 * total_steps / warmup:.3g}% of" if total_steps < warmup else "all of"
     decay = f", leaving {max(0, total_steps - warmup)} steps to decay" if sched.decay == "cosine" else ""
     return (f"schedule.warmup_steps={warmup} is more than half of this run's {total_steps} planned steps: the LR "
             f"reaches {reach} schedule.peak_lr{decay}; set schedule.warmup_steps={max(1, total_steps // 10)} "
