@@ -55,7 +55,8 @@ def pinned_keys(config: DictConfig, compose: Callable[[list[str]], DictConfig]) 
     pins = [o for o in task if not o.is_sweep_override() and o.key_or_group != "sweep"]
     if not swept or not pins:
         return None
-    name = f"sweep={config.hydra.runtime.choices.get('sweep')}"
+    choice = config.hydra.runtime.choices.get("sweep")
+    name = f"sweep={choice}" if choice else "the multirun"
     base = [o.input_line for o in task if "." not in o.key_or_group and not o.is_sweep_override()
             and o.key_or_group not in swept]
     groups = {o.input_line.split("=", 1)[0]: group_setters(o, base, compose) for key, o in swept.items()
