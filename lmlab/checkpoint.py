@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import threading
 import time
 from dataclasses import asdict
@@ -214,15 +215,28 @@ def _digest(payload: dict) -> str:
     return h.hexdigest()
 
 
+# What every checkpoint_payload holds; a torch file without them is another program's.
+_KEYS = ("model", "model_config", "tokenizer", "train_state", "sha256")
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """A checkpoint's contents, checked against its checksum. A file that is not one is named in
+    one line; torch's own message would advise loading it with weights_only=False, which runs any
+    code the file holds."""
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
-    except Exception as e:  # a truncated or foreign file: zipfile, pickle and torch errors alike
-        why = (str(e).splitlines() or [""])[0]
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {why})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("sha256") != _digest(ckpt):
+    except pickle.UnpicklingError:  # Python objects beyond tensors and plain values
+        raise CheckpointError(f"{path} is not an lmlab checkpoint: it is a torch file of another program, "
+                              "holding Python objects lmlab never unpickles") from None
+    except Exception:  # zipfile, pickle and torch errors alike
+        raise CheckpointError(f"{path} is not an lmlab checkpoint: not a file torch.save wrote, "
+                              "or one cut short") from None
+    if not isinstance(ckpt, dict) or not all(key in ckpt for key in _KEYS):
+        raise CheckpointError(f"{path} is not an lmlab checkpoint: a torch file without lmlab's keys "
+                              f"({', '.join(_KEYS)})")
+    if ckpt.get("sha256") != _digest(ckpt):
         raise CheckpointError(f"{path} is corrupted (its contents do not match the checksum saved with it)")
     return ckpt
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -50,7 +51,8 @@ class DataConfig:
     hub_id: Optional[str] = MISSING  # a hub dataset id, or a local folder datasets can load
     hub_config: Optional[str] = None
     text_column: str = "text"  # hub: the column holding each document; text: the .jsonl field
-    local_dir: Optional[str] = None  # wikitext: null = download hub_id with `datasets`; text: the folder
+    local_dir: Optional[str] = None  # wikitext: null = download hub_id with `datasets`; text: the folder or one file
+    split_on: Optional[str] = None  # text: a regex that cuts every .txt file into documents (lmlab/data/sources.py)
     # wikitext in a local folder: every article of its files (any of train/valid/test) in one pool,
     # validation and test carved from it as whole articles (data.holdout each), the rest trains
     pool: bool = False
@@ -343,7 +345,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("tokenizer.vocab_size", "must be at least 260 (256 bytes + EOS + merges)")
     _one_of(cfg, "data.kind", ("wikitext", "hub", "text"))
     if cfg.data.kind == "text" and cfg.data.local_dir is None:
-        raise ConfigError("data.local_dir", "data=text reads a local folder of .txt/.jsonl files: set data.local_dir=DIR")
+        raise ConfigError("data.local_dir", "data=text reads a local folder of .txt/.jsonl files (or one such file): "
+                          "set data.local_dir=DIR")
     if cfg.data.kind == "hub" and OmegaConf.is_missing(cfg.data, "hub_id"):
         raise ConfigError("data.hub_id", "data=hub needs a dataset: set data.hub_id=ID (a hub id or a local folder)")
     if cfg.data.kind == "hub" and cfg.data.local_dir is not None:
@@ -351,6 +354,14 @@ def validate(cfg: DictConfig) -> None:
                           "read); for a folder of .txt/.jsonl files use data=text")
     if cfg.data.pool and (cfg.data.kind != "wikitext" or cfg.data.local_dir is None):
         raise ConfigError("data.pool", "pools the articles of a local WikiText folder: set data.local_dir=DIR")
+    if cfg.data.split_on is not None:
+        if cfg.data.kind != "text":
+            raise ConfigError("data.split_on", "cuts the .txt files of data=text into documents; this corpus is "
+                              f"data.kind={cfg.data.kind}")
+        try:
+            re.compile(cfg.data.split_on)
+        except re.error as e:
+            raise ConfigError("data.split_on", f"not a regular expression: {e}") from None
     if (cfg.data.kind != "wikitext" or cfg.data.pool) and cfg.data.holdout <= 0:
         raise ConfigError("data.holdout", f"must be positive (a fraction < 1 or a count >= 1), got {cfg.data.holdout}")
     if cfg.bugs.no_pad_mask and cfg.data.packing:

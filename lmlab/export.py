@@ -3,9 +3,11 @@
 lmlab's model is GPT-2's layout (pre-LN blocks, fused qkv with bias, GELU with the tanh
 approximation, LayerNorm eps 1e-5, learned absolute positions, tied output layer), so the export
 is a renaming: `transformers.AutoModelForCausalLM.from_pretrained(DIR)` and
-`AutoTokenizer.from_pretrained(DIR)` then load it offline. A checkpoint whose model GPT-2 cannot
-express exactly is refused with the reason, never exported approximately; after renaming, the
-exported model's logits are checked against lmlab's before anything is written.
+`AutoTokenizer.from_pretrained(DIR)` then load it offline, and `pipeline("text-generation",
+model=DIR)` generates until EOS or a full context (generation_config.json: max_length =
+n_positions). A checkpoint whose model GPT-2 cannot express exactly is refused with the reason,
+never exported approximately; after renaming, the exported model's logits are checked against
+lmlab's before anything is written.
 """
 from __future__ import annotations
 
@@ -70,6 +72,16 @@ def gpt2_config(model, eos_id: int):
         activation_function="gelu_pytorch_tanh",  # F.gelu(approximate="tanh"), lmlab's own call
         layer_norm_epsilon=model.ln_f.eps, resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
         bos_token_id=eos_id, eos_token_id=eos_id, tie_word_embeddings=True, dtype="float32")
+
+
+def generation_config(model, eos_id: int):
+    """Generation stops when prompt and continuation fill the context: transformers' text-generation
+    pipeline otherwise asks for 256 new tokens, and past n_positions GPT-2's position table has no
+    row for the next one (an IndexError). A caller's own max_new_tokens takes precedence over this
+    max_length in transformers: prompt plus max_new_tokens must then stay within n_positions."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(bos_token_id=eos_id, eos_token_id=eos_id, max_length=model.cfg.max_seq_len)
 
 
 def gpt2_state_dict(model) -> dict[str, torch.Tensor]:
@@ -148,6 +160,7 @@ def export_loaded(model, tokenizer: Tokenizer, ckpt: dict, out: str | Path, chec
     if reason:
         raise ExportError(f"cannot export {checkpoint}: {reason}")
     hf_model = GPT2LMHeadModel(gpt2_config(model, tokenizer.eos_id))
+    hf_model.generation_config = generation_config(model, tokenizer.eos_id)
     hf_model.load_state_dict(gpt2_state_dict(model), strict=True)
     hf_model.eval()
     check_logits(model, hf_model)
@@ -161,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     from lmlab.errors import exit_bad_input
 
     try:
-        cfg = parse_key_values(ExportConfig, sys.argv[1:] if argv is None else argv, verbatim=("checkpoint", "out"))
+        cfg = parse_key_values(ExportConfig, sys.argv[1:] if argv is None else argv, verbatim=("checkpoint", "out"),
+                               doc=__doc__)
         out = export(cfg.checkpoint, cfg.out)
     except (ValueError, CheckpointError, OSError) as e:
         exit_bad_input(e, "lmlab.export")

@@ -146,7 +146,7 @@ def eval_sampler(cfg, tokenizer, tracker, run_dir: Path):
 
 def parse_args(argv: list[str]) -> GenerateConfig:
     """key=value arguments into a typed GenerateConfig; the prompt and the path are taken verbatim."""
-    return parse_key_values(GenerateConfig, argv, verbatim=("prompt", "checkpoint"))
+    return parse_key_values(GenerateConfig, argv, verbatim=("prompt", "checkpoint"), doc=__doc__)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -121,6 +121,19 @@ def planned_steps(max_steps: int | None, max_tokens: int | None, tokens_per_step
     return min(limits)
 
 
+def warmup_warning(sched, total_steps: int) -> str | None:
+    """A warmup longer than half the planned steps, what it does to the LR, and the fix; None when
+    shorter. The default schedule's 2000 steps would otherwise leave a short run's LR low, silently."""
+    warmup = sched.warmup_steps
+    if warmup <= total_steps / 2:
+        return None
+    reach = f"only {100 * total_steps / warmup:.3g}% of" if total_steps < warmup else "all of"
+    decay = f", leaving {max(0, total_steps - warmup)} steps to decay" if sched.decay == "cosine" else ""
+    return (f"schedule.warmup_steps={warmup} is more than half of this run's {total_steps} planned steps: the LR "
+            f"reaches {reach} schedule.peak_lr{decay}; set schedule.warmup_steps={max(1, total_steps // 10)} "
+            "(a tenth of the run) or schedule=none (a constant LR)")
+
+
 def train_rows(cfg, split: Split, eos_id: int) -> np.ndarray:
     if cfg.data.packing:
         return packed_rows(len(split.tokens), cfg.model.max_seq_len)
@@ -221,6 +234,8 @@ class Trainer:
         self.flops_tok = model_flops_per_token(model)
         self.max_tokens = token_budget(tcfg.max_tokens, tcfg.max_flops, self.flops_tok)
         self.total = planned_steps(tcfg.max_steps, self.max_tokens, tcfg.batch_size * tcfg.grad_accum * cfg.model.max_seq_len)
+        if ranks.main and (warning := warmup_warning(cfg.schedule, self.total)):
+            log.warning(warning)
         self.checkpoint_every = tcfg.checkpoint_every or tcfg.eval_every
         self.writer = CheckpointWriter(self.ckpt_dir, tcfg.keep_checkpoints)
         self.device_name, self.peak = device_peak(self.device, tcfg)

@@ -61,7 +61,7 @@ CASES = [
     ("non-UTF-8 text", ["data.local_dir={tmp}/latin1"], "wiki.train.raw is not UTF-8 text (invalid continuation byte at byte"),
     ("batch larger than the data", ["train.batch_size=100000"], "train.batch_size: train.batch_size=100000 is larger than the"),
     ("missing checkpoint", ["train.resume={tmp}/nope.pt"], "no checkpoint at {tmp}/nope.pt"),
-    ("corrupted checkpoint", ["train.resume={tmp}/junk.pt"], "{tmp}/junk.pt is not a readable checkpoint"),
+    ("corrupted checkpoint", ["train.resume={tmp}/junk.pt"], "{tmp}/junk.pt is not an lmlab checkpoint"),
     ("every checkpoint in the run dir torn", ["hydra.run.dir={tmp}/torn_run"], "no readable checkpoint in {tmp}/torn_run/checkpoints"),
     ("resume into a different model", ["model.d_model=64"], "the model differs in d_model=32 in the checkpoint, 64 now; d_ff=64"),
     ("max_seq_len above the checkpoint's positions", ["model.max_seq_len=64"], "max_seq_len=32 in the checkpoint, 64 now"),
@@ -69,7 +69,7 @@ CASES = [
     ("generation prompt longer than the context", ["-m", "lmlab.generate", "checkpoint={seeded}/checkpoints/last.pt",
                                                     "prompt=" + " the" * 40], "exceeds the model's context of max_seq_len=32"),
     ("generation from a corrupted checkpoint", ["-m", "lmlab.generate", "checkpoint={tmp}/junk.pt", "prompt= The"],
-     "{tmp}/junk.pt is not a readable checkpoint"),
+     "{tmp}/junk.pt is not an lmlab checkpoint"),
 ]
 
 

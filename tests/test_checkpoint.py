@@ -46,6 +46,21 @@ def test_a_kill_between_saving_and_relinking_last_still_resumes_the_newest(tmp_p
     assert latest_checkpoint(tmp_path)["train_state"]["step"] == 2
 
 
+@pytest.mark.parametrize("write", [
+    lambda path: path.write_text("Ge1:1 In the beginning God created the heaven and the earth.\n"),
+    lambda path: torch.save(torch.nn.Linear(2, 2), path),  # another program's pickled module
+    lambda path: torch.save({"weight": torch.zeros(2)}, path),  # a bare state dict
+], ids=["text file", "pickled module", "state dict"])
+def test_a_file_that_is_not_a_checkpoint_is_named_without_advice_to_unpickle_it(tmp_path, write):
+    path = tmp_path / "model.pt"
+    write(path)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path} is not an lmlab checkpoint") and "\n" not in message
+    assert "weights_only" not in message and "trust" not in message
+
+
 def test_last_k_kept_and_a_corrupted_last_falls_back_in_one_line(tmp_path, caplog):
     model = save_steps(tmp_path, [0, 2, 4, 6], keep=3)
     assert sorted(p.name for p in tmp_path.glob("step-*.pt")) == ["step-0000002.pt", "step-0000004.pt",
@@ -74,7 +89,7 @@ def test_last_k_kept_and_a_corrupted_last_falls_back_in_one_line(tmp_path, caplo
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="lmlab.checkpoint"):
         assert latest_checkpoint(tmp_path)["train_state"]["step"] == 2
-    assert len(caplog.records) == 2 and "not a readable checkpoint" in caplog.records[1].getMessage()
+    assert len(caplog.records) == 2 and "is not an lmlab checkpoint" in caplog.records[1].getMessage()
 
     for path in tmp_path.glob("step-*.pt"):
         path.write_bytes(b"junk")

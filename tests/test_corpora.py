@@ -8,7 +8,8 @@ import pytest
 from lmlab.data import DataError, load_splits
 from lmlab.data import sources
 from lmlab.data.sources import holdout_size, source_key, split_text
-from tests.conftest import REPO, TINY, compose_config, run_cli
+from lmlab.config import ConfigError, validate
+from tests.conftest import REPO, SHARED_DATA, TINY, compose_config, run_cli
 
 # Public-domain verse in five scripts: multi-byte UTF-8 in every document.
 POEMS = {
@@ -87,6 +88,55 @@ def test_bad_folders_are_reported(tmp_path):
     (tmp_path / "b.txt").write_bytes("café\n".encode("latin-1"))
     with pytest.raises(DataError, match="b.txt is not UTF-8 text"):
         split_text(text_cfg(tmp_path), "train")
+
+
+def _book(paragraphs: int, blank_lines: bool = True) -> str:
+    """Chapters of numbered paragraphs (~330 characters each), separated by blank lines or not."""
+    sep = "\n\n" if blank_lines else "\n"
+    text = ""
+    for n in range(paragraphs):
+        if n % 10 == 0:
+            text += f"Chapter {n // 10 + 1}{sep}"
+        text += f"{n}: " + "Und es war Abend, und es war Morgen, der Tag ging hin. " * 6 + sep
+    return text
+
+
+def _all_documents(cfg) -> list[str]:
+    return [doc for split in ("train", "validation", "test") for doc in split_text(cfg, split).documents]
+
+
+@pytest.mark.parametrize("blank_lines", [True, False], ids=["paragraphs", "one line each"])
+def test_a_corpus_of_one_file_is_cut_into_documents_of_at_least_2000_characters(tmp_path, blank_lines):
+    book = tmp_path / "corpus" / "book.txt"
+    book.parent.mkdir()
+    book.write_text(_book(60, blank_lines), encoding="utf-8")
+    for local_dir in (book.parent, book):  # the folder, or the file itself
+        docs = _all_documents(text_cfg(local_dir))
+        assert "".join(sorted(docs, key=book.read_text().index)) == book.read_text()  # every character, once
+        assert len(docs) >= 8 and sum(len(doc) < 2000 for doc in docs) <= 1  # the last one may be shorter
+        ends = "\n\n" if blank_lines else "\n"
+        assert all(doc.endswith(ends) for doc in docs)  # cut at a blank line, or a line end where there is none
+
+
+def test_split_on_cuts_every_txt_file_at_a_pattern(tmp_path):
+    (tmp_path / "book.txt").write_text(_book(60), encoding="utf-8")
+    cfg = text_cfg(tmp_path, split_on="'(?m)^(?=Chapter )'", holdout=1)  # a lookahead keeps each heading
+    docs = _all_documents(cfg)
+    assert len(docs) == 6 and all(doc.startswith("Chapter ") for doc in docs)
+    assert sorted(doc[len("Chapter "):] for doc in docs) == sorted(_book(60).split("Chapter ")[1:])
+    assert source_key(cfg) != source_key(text_cfg(tmp_path, holdout=1))  # the cut keys the token cache
+    with pytest.raises(ConfigError, match="data.split_on: not a regular expression"):
+        validate(compose_config(["data=text", f"data.local_dir={tmp_path}", "data.split_on='(unclosed'"]))
+    with pytest.raises(ConfigError, match="data.split_on: cuts the .txt files of data=text"):
+        validate(compose_config(["data.split_on=x"]))
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "kjv-bible").is_dir(), reason="the KJV text is not in ../shared/data")
+def test_the_king_james_bible_is_one_document_per_chapter_with_split_on(tmp_path):
+    cfg = text_cfg(SHARED_DATA / "kjv-bible" / "kjv.txt", split_on="'(?m)^(?=\\S+?\\d+:1 )'")
+    docs = _all_documents(cfg)
+    assert len(docs) == 1189  # the chapters of the Protestant canon
+    assert sum(doc.startswith("Ge1:1 In the beginning") for doc in docs) == 1
 
 
 def test_hub_kind_reads_any_column_of_what_datasets_loads(tmp_path):

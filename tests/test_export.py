@@ -150,6 +150,24 @@ def test_gpt2_tokenizer_converts_from_tiktoken(monkeypatch):
     assert theirs.decode(ours.encode(text)) == text
 
 
+def test_the_text_generation_pipeline_stops_at_the_context(tmp_path):
+    """The pipeline asks for 256 new tokens unless the model's generation config sets a length;
+    past n_positions GPT-2's position table has no row for the next token (an IndexError)."""
+    from lmlab.data.tokenizer import Tokenizer, train_bpe
+    from lmlab.export import export_loaded
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_seq_len=16)).eval()
+    tokenizer = Tokenizer(train_bpe(["the cat sat on the mat, and the dog ran off."] * 20, 300))
+    out = export_loaded(model, tokenizer, {"config": {}}, tmp_path / "hf", "tiny.pt")
+    assert json.loads((out / "generation_config.json").read_text())["max_length"] == 16
+    generator = transformers.pipeline("text-generation", model=str(out), device="cpu")
+    prompt = generator.tokenizer("the cat sat")["input_ids"]
+    # EOS suppressed, so only the length stops it: the whole context is filled, and no more.
+    result = generator("the cat sat", return_tensors=True, suppress_tokens=[tokenizer.eos_id])[0]
+    assert len(prompt) < 8 and len(result["generated_token_ids"]) == 16
+
+
 def test_a_conversion_that_changes_the_logits_writes_nothing(tiny_run, tmp_path, monkeypatch):
     def transposed_attention(model):  # the mistake a rename can make: a Conv1D weight left untransposed
         state = gpt2_state_dict(model)

@@ -108,6 +108,15 @@ def test_arguments_are_typed_and_the_prompt_is_verbatim():
         parse_args(["checkpoint=a.pt", "max_new_tokens=many"])
 
 
+@pytest.mark.parametrize("module, flag, keys", [
+    ("lmlab.generate", "--help", ["checkpoint=PATH", "max_new_tokens=200", "top_p=0.95", "prompt=\"\""]),
+    ("lmlab.export", "-h", ["checkpoint=PATH", "out=DIR"])])
+def test_help_prints_the_usage_page_and_exits_0(module, flag, keys):
+    r = run_cli([flag], cwd=REPO, module=module)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith(f"python -m {module}") and all(key in r.stdout for key in keys), r.stdout
+
+
 # --- Trained end to end through the CLI on a corpus where every article ends in " The end ." ---
 
 WORDS = "river stone green quiet house north music paper light storm field glass".split()

@@ -170,11 +170,51 @@ def test_rootcause_stage1_jobs_run_at_equal_tokens_and_steps(tmp_path):
     assert json.loads((jobs["context"] / "test_scores.json").read_text())["common"]["window"] == 128
 
 
+# The shrink overrides docs/sweeps.md advises, which change no key a sweep varies.
+DOCS_SHRINK = ["data.local_dir=../shared/data/wikitext-2-mini", "tokenizer.vocab_size=512", "train.max_tokens=4096",
+               "train.batch_size=4", "eval.batch_size=4", "eval.max_batches=2", "eval.sample_tokens=0", "logger=none"]
+
+
+@pytest.mark.parametrize("overrides, warning", [
+    (["sweep=context", "model.max_seq_len=64"],
+     "model.max_seq_len=64 replaces the values sweep=context sweeps (model.max_seq_len=128,256,512,1024)"),
+    (["sweep=size", "model.d_model=64"], "model.d_model=64 replaces what sweep=size's model=optionA,optionC set"),
+    (["sweep=rootcause", "scale=cpu", "model.max_seq_len=64", "schedule.peak_lr=1e-3"],
+     "model.max_seq_len=64 replaces what sweep=rootcause's +variant=context,all_fixes set; schedule.peak_lr=1e-3 "
+     "replaces the values sweep=rootcause sweeps (schedule.peak_lr=5e-4,1e-3,2e-3)"),
+    *[([f"sweep={name}", *DOCS_SHRINK], None) for name in ("context", "size", "warmup", "rootcause")],
+])
+def test_a_key_the_sweep_varies_pinned_on_the_command_line_is_named(overrides, warning):
+    from hydra import compose, initialize_config_module
+
+    from lmlab.overrides import pinned_keys
+
+    with initialize_config_module(config_module="lmlab.conf", version_base="1.3"):
+        found = pinned_keys(compose("config", overrides, return_hydra_config=True), lambda o: compose("config", o))
+    if warning is None:
+        assert found is None
+    else:
+        assert found.startswith(warning) and found.endswith("see docs/sweeps.md") and "\n" not in found
+
+
+@needs_mini
+def test_the_warning_comes_before_the_one_job_a_pinned_sweep_runs(tmp_path):
+    sweep_dir = tmp_path / "context"
+    r = run_cli(["-m", "sweep=context", *SHRINK, f"hydra.sweep.dir={sweep_dir}", "logger=none", "eval.sample_tokens=0"],
+                cwd=REPO)  # TINY pins model.max_seq_len=32
+    assert r.returncode == 0, r.stderr[-3000:]
+    output = r.stdout + r.stderr
+    assert "model.max_seq_len=32 replaces the values sweep=context sweeps" in output
+    assert output.index(" replaces ") < output.index("Launching 1 jobs")
+    assert len([d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()]) == 1
+
+
 @needs_mini
 def test_dff_ratio_sweep_gives_one_job_and_one_wandb_run_per_ratio(tmp_path):
     sweep_dir = tmp_path / "dff_ratio" / "t0"
     r = run_cli(["-m", "sweep=dff_ratio", *SHRINK, f"hydra.sweep.dir={sweep_dir}"], cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert " replaces " not in r.stdout + r.stderr  # TINY pins model.* keys, none that this sweep varies
     jobs = {float(_overrides(d)["model.d_ff_ratio"]): d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()}
     assert sorted(jobs) == [1, 2, 4, 8]
     summaries = {ratio: _summary(d) for ratio, d in jobs.items()}

@@ -63,6 +63,33 @@ def test_schedules():
 
 
 @needs_mini
+@pytest.mark.parametrize("overrides, warned", [
+    (["train.max_steps=300"], True),  # the default schedule's 2000 warmup steps
+    (["train.max_steps=null", f"train.max_tokens={300 * 8 * 32}"], True),  # the same horizon, counted in tokens
+    (["train.max_steps=300", "schedule.warmup_steps=30"], False),
+])
+def test_a_warmup_longer_than_half_the_run_is_named_with_its_fix(overrides, warned, tmp_path, caplog):
+    import logging
+
+    from lmlab.distributed import Ranks
+    from lmlab.tracking import NoRecords
+    from lmlab.train import Trainer
+
+    cfg = compose_config([f"data.local_dir={MINI}", *TINY, *overrides])
+    tokenizer, splits = load_splits(cfg.data, cfg.tokenizer)
+    with caplog.at_level(logging.WARNING, logger="lmlab.train"):
+        Trainer(cfg, GPT(gpt_config(cfg, tokenizer.vocab_size)), tokenizer, splits, NoRecords(), tmp_path, {}, None,
+                Ranks())
+    warnings = [r.getMessage() for r in caplog.records if "warmup" in r.getMessage()]
+    if warned:
+        assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+        assert "schedule.warmup_steps=2000" in warnings[0] and "300 planned steps" in warnings[0]
+        assert "15% of schedule.peak_lr" in warnings[0] and "schedule.warmup_steps=30 " in warnings[0]
+    else:
+        assert warnings == []
+
+
+@needs_mini
 def test_cli_run_writes_metrics_summary_and_exact_checkpoints(tmp_path):
     run_dir = tmp_path / "run"
     r = run_cli([f"data.local_dir={MINI}", *TINY, "train.max_steps=6", "train.eval_every=3",

@@ -8,7 +8,11 @@ a split's documents and its word and byte counts. `data.kind` picks the source:
 - `hub`: any dataset `datasets.load_dataset` reads (a hub id or a local folder), one row of
   `data.text_column` per document.
 - `text`: a local folder of `.txt` files (one document per file) and `.jsonl` files (one document
-  per line, in the `data.text_column` field).
+  per line, in the `data.text_column` field), or one such file. `data.split_on`, a regex, cuts
+  every `.txt` file at each of its matches instead (the match is dropped: a lookahead such as
+  `(?m)^(?=CHAPTER )` keeps a heading with the text after it). Without it, a corpus that is one
+  document (a single `.txt` file: a book) is cut at blank lines, or at line ends where it has
+  none, into documents of at least MIN_DOC_CHARS characters, which together are the file.
 
 A `hub` or `text` corpus without a validation or test split has it carved from train
 (`data.holdout` documents, a fraction or a count) by `datasets`' seeded `train_test_split`, so the
@@ -29,6 +33,10 @@ _RAW_NAMES = {"train": "train", "validation": "valid", "test": "test"}
 _TITLE = re.compile(r"^ = [^=].* = \n?$")
 _SPLIT_ALIASES = {"validation": ("validation", "valid", "dev"), "test": ("test",), "train": ("train",)}
 _TEXT_SUFFIXES = (".txt", ".jsonl")
+# A one-document corpus's documents: about 500 BPE tokens of English each, two of the default
+# 256-token contexts, so that an EOS ends a passage rather than every verse or line, and
+# validation and test are carved as passages.
+MIN_DOC_CHARS = 2000
 
 
 class DataError(RuntimeError):
@@ -69,7 +77,7 @@ def source_files(data_cfg) -> list[Path] | None:
         path = Path(data_cfg.hub_id).expanduser()
         return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else None
     if kind == "text":
-        return _text_files(_folder(data_cfg), data_cfg.local_dir)
+        return _text_files(_text_root(data_cfg), data_cfg.local_dir)
     return None if data_cfg.local_dir is None else _wikitext_files(data_cfg)
 
 
@@ -82,6 +90,8 @@ def source_key(data_cfg) -> str:
     parts += [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files or []]
     if kind != "wikitext" or data_cfg.get("pool"):
         parts.append(f"{kind}:{data_cfg.text_column}:{data_cfg.holdout}:{data_cfg.split_seed}")
+    if data_cfg.get("split_on"):
+        parts.append(f"split_on:{data_cfg.split_on}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -224,18 +234,52 @@ def _has_text(doc: str | None) -> bool:
 
 # --- a local folder of text -------------------------------------------------------------------
 
-def _text_files(folder: Path, shown: str) -> list[Path]:
-    files = sorted(p for p in folder.rglob("*") if p.suffix in _TEXT_SUFFIXES and p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+def _text_root(data_cfg) -> Path:
+    """data.local_dir of a text corpus: a folder, or one .txt/.jsonl file."""
+    root = Path(data_cfg.local_dir).expanduser()
+    if not root.is_dir() and not (root.is_file() and root.suffix in _TEXT_SUFFIXES):
+        raise DataError(f"data.local_dir={data_cfg.local_dir} is neither a folder nor a .txt or .jsonl file")
+    return root
+
+
+def _text_files(root: Path, shown: str) -> list[Path]:
+    if root.is_file():
+        return [root]
+    files = sorted(p for p in root.rglob("*") if p.suffix in _TEXT_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not files:
         raise DataError(f"data.local_dir={shown} holds no .txt or .jsonl file")
     return files
 
 
-def _file_documents(path: Path, column: str) -> list[str]:
+def cut_at(text: str, pattern: str) -> list[str]:
+    """`text` cut at each match of `pattern`, the matches dropped (re.split would keep the groups)."""
+    pieces, start = [], 0
+    for match in re.finditer(pattern, text):
+        pieces.append(text[start:match.start()])
+        start = match.end()
+    return pieces + [text[start:]]
+
+
+def passages(text: str) -> list[str]:
+    """A one-document corpus as documents of at least MIN_DOC_CHARS characters, each ending at a
+    blank line (at a line end where the text has no blank line); the last may be shorter."""
+    lines = text.splitlines(keepends=True)
+    cut_anywhere = all(line.strip() for line in lines)
+    docs, current, size = [], [], 0
+    for line in lines:
+        current.append(line)
+        size += len(line)
+        if size >= MIN_DOC_CHARS and (cut_anywhere or not line.strip()):
+            docs.append("".join(current))
+            current, size = [], 0
+    return docs + ["".join(current)] if current else docs
+
+
+def _file_documents(path: Path, column: str, split_on: str | None) -> list[str]:
     text = _read_utf8(path)
     if path.suffix == ".txt":
-        return [text]
+        return cut_at(text, split_on) if split_on else [text]
     docs = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -255,16 +299,19 @@ def _text_splits(data_cfg) -> dict:
     validation/, test/) subfolders, else in one pool that `_carve` splits."""
     import datasets
 
-    folder = _folder(data_cfg)
+    folder = _text_root(data_cfg)
     roots = {split: folder / split for split in SPLITS if (folder / split).is_dir()}
     if not roots:
         roots = {"train": folder}
     elif "train" not in roots:
         raise DataError(f"data.local_dir={data_cfg.local_dir} has {'/'.join(roots)}/ but no train/ folder")
-    return {split: datasets.Dataset.from_dict({"text": [doc for f in _text_files(root, str(root))
-                                                       for doc in _file_documents(f, data_cfg.text_column)
-                                                       if _has_text(doc)]})
+    docs = {split: [doc for f in _text_files(root, str(root))
+                    for doc in _file_documents(f, data_cfg.text_column, data_cfg.get("split_on"))]
             for split, root in roots.items()}
+    if list(docs) == ["train"] and len(docs["train"]) == 1:  # a book: nothing to carve splits from
+        docs["train"] = passages(docs["train"][0])
+    return {split: datasets.Dataset.from_dict({"text": [doc for doc in found if _has_text(doc)]})
+            for split, found in docs.items()}
 
 
 def holdout_size(n_docs: int, holdout: float) -> int:
