@@ -16,6 +16,11 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 MINI = SHARED_DATA / "wikitext-2-mini"
 WT2_RAW = SHARED_DATA / "wikitext-2-raw"
 
+# Real English text on every machine: the embedded corpus (data=kjv, the King James Bible that installs
+# with lmlab). Tests that need only some real text run on it; those that need WikiText's own files,
+# titles or word convention read ../shared/data and skip where it is absent (needs_mini, needs_wt2_raw).
+CORPUS = ["data=kjv"]
+
 needs_mini = pytest.mark.skipif(not MINI.is_dir(), reason=f"real WikiText not found at {MINI}")
 needs_wt2_raw = pytest.mark.skipif(not WT2_RAW.is_dir(), reason=f"real WikiText not found at {WT2_RAW}")
 
@@ -56,19 +61,29 @@ def run_cli(args: list[str], cwd: Path, module: str = "lmlab", timeout: int = 30
                           timeout=timeout, env={**os.environ, **TEST_ENV})
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, cache_dir) -> Path:
-    """A run of the TINY model trained for a few steps on real WikiText, test split scored in full:
-    the checkpoint the export and lm-evaluation-harness tests start from."""
-    if not MINI.is_dir():
-        pytest.skip(f"real WikiText not found at {MINI}")
-    run_dir = tmp_path_factory.mktemp("tiny-run")
-    r = subprocess.run([sys.executable, "-m", "lmlab", f"data.local_dir={MINI}", *TINY, "train.max_steps=30",
+def train_tiny(data: list[str], run_dir: Path, cache_dir: Path) -> Path:
+    """The TINY model trained for a few steps on `data`, its test split scored in full."""
+    r = subprocess.run([sys.executable, "-m", "lmlab", *data, *TINY, "train.max_steps=30",
                         "train.eval_every=15", "schedule=none", "schedule.peak_lr=3e-3", "eval.sample_tokens=0",
                         "logger=none", f"hydra.run.dir={run_dir}"], cwd=REPO, capture_output=True, text=True,
                        timeout=300, env={**os.environ, **TEST_ENV, "LMLAB_CACHE_DIR": str(cache_dir)})
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cache_dir) -> Path:
+    """A tiny run on real WikiText: the checkpoint the lm-evaluation-harness tests start from
+    (their row D is the harness's own wikitext task)."""
+    if not MINI.is_dir():
+        pytest.skip(f"real WikiText not found at {MINI}")
+    return train_tiny([f"data.local_dir={MINI}"], tmp_path_factory.mktemp("tiny-run"), cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_run(tmp_path_factory, cache_dir) -> Path:
+    """A tiny run on the embedded corpus: the checkpoint the export tests start from."""
+    return train_tiny(CORPUS, tmp_path_factory.mktemp("tiny-corpus-run"), cache_dir)
 
 
 def newest_step(ckpt_dir: Path) -> int:
