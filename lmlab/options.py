@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import re
 from importlib.resources import files
-from importlib.resources.abc import Traversable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # importlib.resources.abc is Python 3.11's; the annotation needs no import at run time
+    from importlib.resources.abc import Traversable
 
 WIDTH = 100  # a description longer than this is cut at a word, so each option stays on one line
 _SENTENCE_END = re.compile(r"(?<!e\.g)(?<!i\.e)\.(?:\s|$)")  # "e.g. a" and "1.5" go on
