@@ -23,7 +23,7 @@ from lmlab.checkpoint import (CheckpointError, CheckpointWriter, check_same_run,
                               latest_checkpoint, link_checkpoint, load_checkpoint, prune_checkpoints,
                               save_checkpoint, step_checkpoint)
 from lmlab.model import GPT, GPTConfig
-from tests.conftest import CORPUS, MINI, REPO, TEST_ENV, needs_mini, run_cli
+from tests.conftest import MINI, REPO, TEST_ENV, needs_mini, run_cli
 
 CFG = GPTConfig(vocab_size=64, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=16)
 
@@ -138,7 +138,7 @@ def test_objective_is_inf_unless_done():
     assert objective({"status": "failed", "reason": "TrainingDiverged: ..."}) == math.inf
 
 
-TINY_RUN = [*CORPUS, "model.d_model=32", "model.n_heads=2", "model.n_layers=2",
+TINY_RUN = [f"data.local_dir={MINI}", "model.d_model=32", "model.n_heads=2", "model.n_layers=2",
             "model.max_seq_len=32", "tokenizer.vocab_size=512", "train.batch_size=8", "eval.max_batches=2",
             "eval.sample_tokens=0", "logger=none"]
 
@@ -153,6 +153,7 @@ def last_good(run_dir, step) -> str:
     return f"the last good checkpoint is {run_dir / 'checkpoints' / 'last.pt'} (step {step})"
 
 
+@needs_mini
 def test_divergence_keeps_only_checkpoints_of_good_weights_and_a_rerun_says_how_to_start_over(tmp_path):
     # A learning rate of 1e6 throws the weights to ~1e6 at the first update: still finite, so
     # step 1's checkpoint is written, but the loss they give at step 2 is NaN.
@@ -211,6 +212,7 @@ def wait_for(path, proc: subprocess.Popen) -> None:
         time.sleep(0.005)
 
 
+@needs_mini
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
 def test_stop_signal_checkpoints_at_a_step_boundary_and_exits_75(tmp_path, sig):
     # SIGINT's run is in the default, timestamped run dir, which the same command would not find
@@ -251,6 +253,7 @@ def test_stop_signal_checkpoints_at_a_step_boundary_and_exits_75(tmp_path, sig):
         assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["train_state"]["wandb_run_id"] == run_id
 
 
+@needs_mini
 def test_a_checkpoint_that_cannot_be_written_fails_the_run_in_one_line(tmp_path):
     """A disk that fills up during the run: the kernel refuses the checkpoint's bytes (a file size
     limit, set once step 0 is saved: root writes anywhere, so permissions cannot make it fail)."""
@@ -270,8 +273,7 @@ def test_a_checkpoint_that_cannot_be_written_fails_the_run_in_one_line(tmp_path)
 
 @needs_mini
 def test_resuming_into_another_corpus_or_tokenizer_is_refused_in_one_line(tmp_path):
-    # WikiText, then another corpus: the message names each data key that differs
-    run = [f"data.local_dir={MINI}", *TINY_RUN[len(CORPUS):], "train.max_steps=2", f"hydra.run.dir={tmp_path / 'run'}"]
+    run = [*TINY_RUN, "train.max_steps=2", f"hydra.run.dir={tmp_path / 'run'}"]
     assert run_cli(run, cwd=REPO).returncode == 0
     speeches = MINI.parent / "us-presidential-speeches" / "inaugural"
     r = run_cli([*run, "data=text", f"data.local_dir={speeches}"], cwd=REPO)
