@@ -61,29 +61,19 @@ def run_cli(args: list[str], cwd: Path, module: str = "lmlab", timeout: int = 30
                           timeout=timeout, env={**os.environ, **TEST_ENV})
 
 
-def train_tiny(data: list[str], run_dir: Path, cache_dir: Path) -> Path:
-    """The TINY model trained for a few steps on `data`, its test split scored in full."""
-    r = subprocess.run([sys.executable, "-m", "lmlab", *data, *TINY, "train.max_steps=30",
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cache_dir) -> Path:
+    """A run of the TINY model trained for a few steps on real WikiText, test split scored in full:
+    the checkpoint the export and lm-evaluation-harness tests start from."""
+    if not MINI.is_dir():
+        pytest.skip(f"real WikiText not found at {MINI}")
+    run_dir = tmp_path_factory.mktemp("tiny-run")
+    r = subprocess.run([sys.executable, "-m", "lmlab", f"data.local_dir={MINI}", *TINY, "train.max_steps=30",
                         "train.eval_every=15", "schedule=none", "schedule.peak_lr=3e-3", "eval.sample_tokens=0",
                         "logger=none", f"hydra.run.dir={run_dir}"], cwd=REPO, capture_output=True, text=True,
                        timeout=300, env={**os.environ, **TEST_ENV, "LMLAB_CACHE_DIR": str(cache_dir)})
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, cache_dir) -> Path:
-    """A tiny run on real WikiText: the checkpoint the lm-evaluation-harness tests start from
-    (their row D is the harness's own wikitext task)."""
-    if not MINI.is_dir():
-        pytest.skip(f"real WikiText not found at {MINI}")
-    return train_tiny([f"data.local_dir={MINI}"], tmp_path_factory.mktemp("tiny-run"), cache_dir)
-
-
-@pytest.fixture(scope="session")
-def tiny_corpus_run(tmp_path_factory, cache_dir) -> Path:
-    """A tiny run on the embedded corpus: the checkpoint the export tests start from."""
-    return train_tiny(CORPUS, tmp_path_factory.mktemp("tiny-corpus-run"), cache_dir)
 
 
 def newest_step(ckpt_dir: Path) -> int:

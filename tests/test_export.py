@@ -31,13 +31,13 @@ def export_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_corpus_run, tmp_path_factory):
+def exported(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("hf") / "model"
-    r = export_cli(f"checkpoint={tiny_corpus_run / 'checkpoints' / 'best.pt'}", f"out={out}")
+    r = export_cli(f"checkpoint={tiny_run / 'checkpoints' / 'best.pt'}", f"out={out}")
     assert r.returncode == 0, r.stderr[-3000:]
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
     hf_tok = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
-    model, tok, ckpt = load_model(tiny_corpus_run / "checkpoints" / "best.pt")
+    model, tok, ckpt = load_model(tiny_run / "checkpoints" / "best.pt")
     return {"out": out, "hf_model": hf_model, "hf_tok": hf_tok, "model": model, "tok": tok, "ckpt": ckpt}
 
 
@@ -87,8 +87,8 @@ def test_greedy_generation_gives_the_same_tokens(exported):
     assert new == ours.tokens and len(new) > 0
 
 
-def test_test_split_perplexity_through_transformers_equals_the_summary(exported, tiny_corpus_run):
-    summary = json.loads((tiny_corpus_run / "summary.json").read_text())
+def test_test_split_perplexity_through_transformers_equals_the_summary(exported, tiny_run):
+    summary = json.loads((tiny_run / "summary.json").read_text())
     cfg = OmegaConf.create(exported["ckpt"]["config"])
     _, splits = load_splits(cfg.data, cfg.tokenizer)
     tokens = splits["test"].tokens
@@ -105,7 +105,7 @@ def test_test_split_perplexity_through_transformers_equals_the_summary(exported,
     assert math.exp(nll / n) == pytest.approx(summary["test_ppl"], rel=1e-4)
 
 
-def test_a_document_masked_model_is_refused_in_one_line(exported, tiny_corpus_run, tmp_path):
+def test_a_document_masked_model_is_refused_in_one_line(exported, tiny_run, tmp_path):
     model, tok, ckpt = exported["model"], exported["tok"], exported["ckpt"]
     config = {**ckpt["config"], "model": {**ckpt["config"]["model"], "doc_mask": True}}
     path = tmp_path / "doc_mask.pt"
@@ -150,7 +150,7 @@ def test_gpt2_tokenizer_converts_from_tiktoken(monkeypatch):
     assert theirs.decode(ours.encode(text)) == text
 
 
-def test_a_conversion_that_changes_the_logits_writes_nothing(tiny_corpus_run, tmp_path, monkeypatch):
+def test_a_conversion_that_changes_the_logits_writes_nothing(tiny_run, tmp_path, monkeypatch):
     def transposed_attention(model):  # the mistake a rename can make: a Conv1D weight left untransposed
         state = gpt2_state_dict(model)
         key = "transformer.h.0.attn.c_proj.weight"
@@ -158,5 +158,5 @@ def test_a_conversion_that_changes_the_logits_writes_nothing(tiny_corpus_run, tm
 
     monkeypatch.setattr(lmlab.export, "gpt2_state_dict", transposed_attention)
     with pytest.raises(ExportError, match="logits differ from lmlab's by up to .*; nothing was written"):
-        export(tiny_corpus_run / "checkpoints" / "best.pt", tmp_path / "out")
+        export(tiny_run / "checkpoints" / "best.pt", tmp_path / "out")
     assert not (tmp_path / "out").exists()
