@@ -227,6 +227,8 @@ SCHEMA_PREFIX = "base_"  # schema nodes are `base_<group>` in each group: defaul
 def register_configs(bench: bool = False) -> None:
     """The schema that conf/*.yaml extend. `bench=True` puts the bench's schema (the trainer's plus a
     `bench` node) under the name config.yaml starts from, so the bench composes every trainer group."""
+    from lmlab.options import options_page
+
     cs = ConfigStore.instance()
     cs.store(name=f"{SCHEMA_PREFIX}config", node=BenchRunConfig if bench else Config)
     for group, node in [("model", ModelConfig), ("data", DataConfig), ("schedule", ScheduleConfig),
@@ -234,9 +236,20 @@ def register_configs(bench: bool = False) -> None:
                         ("logger", LoggerConfig)]:
         cs.store(group=group, name=f"{SCHEMA_PREFIX}{group}", node=node)
     OmegaConf.register_new_resolver("lmlab.rows", rows_of, replace=True)
+    OmegaConf.register_new_resolver("lmlab.package_dir", package_dir, replace=True)
+    OmegaConf.register_new_resolver("lmlab.options", options_page, replace=True)
     OmegaConf.register_new_resolver("lmlab.dirname", lambda: job_dirname(job_name()), replace=True)
     # Cached, so Hydra carries the value into every job of a sweep (as it does `now`).
     OmegaConf.register_new_resolver("lmlab.launch", launch_stamp, replace=True, use_cache=True)
+
+
+def package_dir(name: str) -> str:
+    """`${lmlab.package_dir:NAME}`: the folder of the installed package NAME, found without
+    importing it, so a config can read data files that a dependency installs."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("lmlab.package_dir", f"no installed package {name!r}: reinstall lmlab (pip install -e .)")
+    return spec.submodule_search_locations[0]
 
 
 def swept_keys(hydra_cfg: DictConfig) -> set[str]:

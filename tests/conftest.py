@@ -16,6 +16,11 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 MINI = SHARED_DATA / "wikitext-2-mini"
 WT2_RAW = SHARED_DATA / "wikitext-2-raw"
 
+# Real English text on every machine: the embedded corpus (data=kjv, the King James Bible that installs
+# with lmlab). Tests that need only some real text run on it; those that need WikiText's own files,
+# titles or word convention read ../shared/data and skip where it is absent (needs_mini, needs_wt2_raw).
+CORPUS = ["data=kjv"]
+
 needs_mini = pytest.mark.skipif(not MINI.is_dir(), reason=f"real WikiText not found at {MINI}")
 needs_wt2_raw = pytest.mark.skipif(not WT2_RAW.is_dir(), reason=f"real WikiText not found at {WT2_RAW}")
 

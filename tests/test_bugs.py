@@ -10,7 +10,7 @@ from lmlab.data import IGNORE, Sampler, Split, collate, document_rows, packed_ro
 from lmlab.evaluate import evaluate
 from lmlab.model import GPT, GPTConfig
 from lmlab.step import batch_loss, device_batches
-from tests.conftest import MINI, TINY, compose_config, needs_mini
+from tests.conftest import CORPUS, TINY, compose_config
 
 EOS = 0
 CFG = GPTConfig(vocab_size=50, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=32)
@@ -101,7 +101,6 @@ def test_no_pad_mask_needs_variable_length_batches():
     validate(compose_config(["+variant=bug_no_pad_mask"]))  # the arm sets data.packing=false itself
 
 
-@needs_mini
 def test_the_trainer_hands_its_switches_to_the_batches_and_the_evaluation(monkeypatch, tmp_path):
     import lmlab.step
     import lmlab.train
@@ -115,7 +114,7 @@ def test_the_trainer_hands_its_switches_to_the_batches_and_the_evaluation(monkey
                         lambda batch, bugs, eos: seen["batches"].append(dict(bugs)) or put_back(batch, bugs, eos))
     monkeypatch.setattr(lmlab.train, "evaluate",
                         lambda *a, train_mode, **kw: seen["eval_train_mode"].append(train_mode) or score(*a, **kw))
-    cfg = compose_config([f"data.local_dir={MINI}", *TINY, "train.max_steps=2", "train.eval_every=2",
+    cfg = compose_config([*CORPUS, *TINY, "train.max_steps=2", "train.eval_every=2",
                           "eval.max_batches=1", "eval.sample_tokens=0", "logger=none", "data.packing=false",
                           "bugs.drop_eos_targets=true", "bugs.eval_in_train_mode=true", "bugs.no_pad_mask=true"])
     tokenizer, splits = load_splits(cfg.data, cfg.tokenizer)

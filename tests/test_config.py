@@ -108,7 +108,7 @@ def test_cli_without_network_fails_fast_in_one_line(tmp_path):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
-    assert "the hub is unreachable" in lines[0] and "data.local_dir=" in lines[0]
+    assert "the hub is unreachable" in lines[0] and "python -m lmlab preset=quick" in lines[0] and "data.local_dir=" in lines[0]
 
 
 def test_an_unreachable_hub_is_answered_before_datasets_is_asked(monkeypatch):

@@ -16,7 +16,7 @@ from lmlab.data.floors import (FLOORS_FILE, FLOORS_VERSION, KN_ORDERS, NgramCoun
                                interpolated_bigram_probs, kneser_ney_loss_and_gradient, kneser_ney_probs,
                                load_floors, unigram_probs)
 from lmlab.data.tokens import cache_dir
-from tests.conftest import MINI, REPO, TINY, compose_config, needs_mini, run_cli
+from tests.conftest import CORPUS, REPO, TINY, compose_config, run_cli
 
 # V = 3, token 0 plays EOS. Pairs: (0,1) x2, (1,2) x3, (2,1), (2,0) x2, (1,1).
 # Triples: 012, 121, 212, 120 x2, 201, 011, 112.
@@ -207,9 +207,8 @@ def test_floors_of_an_older_version_are_recomputed(tmp_path, monkeypatch):
     assert json.loads((tmp_path / FLOORS_FILE).read_text()) == floors
 
 
-@needs_mini
 def test_floors_are_computed_once_per_token_cache_and_reach_the_summary(tmp_path, monkeypatch):
-    overrides = [f"data.local_dir={MINI}", *TINY]
+    overrides = [*CORPUS, *TINY]
     cfg = compose_config(overrides)
     tokenizer, splits = load_splits(cfg.data, cfg.tokenizer)
     path = cache_dir(cfg.data, cfg.tokenizer) / FLOORS_FILE

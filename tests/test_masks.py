@@ -8,7 +8,7 @@ import torch
 from lmlab.data import Sampler, collate, document_rows, load_splits, packed_rows
 from lmlab.model import GPT, GPTConfig, attention_mask
 from lmlab.step import batch_loss
-from tests.conftest import MINI, REPO, TINY, compose_config, needs_mini, run_cli
+from tests.conftest import CORPUS, REPO, TINY, compose_config, run_cli
 
 EOS = 0
 CFG = GPTConfig(vocab_size=50, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=32)
@@ -121,11 +121,10 @@ def test_doc_mask_logits_from_an_eos_on_do_not_depend_on_the_previous_document()
     assert not torch.allclose(logits(tokens, False)[eos_at:], logits(other, False)[eos_at:])
 
 
-@needs_mini
 def test_cli_trains_on_padded_document_rows_with_strided_eval(tmp_path):
     """data.packing=false (with a document mask and sliding-window evaluation) end to end."""
     run_dir = tmp_path / "run"
-    r = run_cli([f"data.local_dir={MINI}", *TINY, "data.packing=false", "model.doc_mask=true",
+    r = run_cli([*CORPUS, *TINY, "data.packing=false", "model.doc_mask=true",
                  "eval.stride=24", "eval.sample_tokens=0", "train.max_steps=2", "train.eval_every=2",
                  "schedule.warmup_steps=2", f"hydra.run.dir={run_dir}"], cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]

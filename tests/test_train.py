@@ -14,7 +14,7 @@ from lmlab.evaluate import evaluate
 from lmlab.model import GPT, GPTConfig
 from lmlab.step import batch_loss, make_optimizer
 from lmlab.train import lr_at
-from tests.conftest import MINI, REPO, TINY, compose_config, needs_mini, run_cli
+from tests.conftest import CORPUS, REPO, TINY, compose_config, run_cli
 
 
 def test_tiny_model_overfits_one_batch():
@@ -62,7 +62,6 @@ def test_schedules():
     assert {lr_at(s, none, 1000) for s in (0, 500, 999)} == {3e-4}
 
 
-@needs_mini
 @pytest.mark.parametrize("overrides, warned", [
     (["train.max_steps=300"], True),  # the default schedule's 2000 warmup steps
     (["train.max_steps=null", f"train.max_tokens={300 * 8 * 32}"], True),  # the same horizon, counted in tokens
@@ -75,7 +74,7 @@ def test_a_warmup_longer_than_half_the_run_is_named_with_its_fix(overrides, warn
     from lmlab.tracking import NoRecords
     from lmlab.train import Trainer
 
-    cfg = compose_config([f"data.local_dir={MINI}", *TINY, *overrides])
+    cfg = compose_config([*CORPUS, *TINY, *overrides])
     tokenizer, splits = load_splits(cfg.data, cfg.tokenizer)
     with caplog.at_level(logging.WARNING, logger="lmlab.train"):
         Trainer(cfg, GPT(gpt_config(cfg, tokenizer.vocab_size)), tokenizer, splits, NoRecords(), tmp_path, {}, None,
@@ -89,10 +88,9 @@ def test_a_warmup_longer_than_half_the_run_is_named_with_its_fix(overrides, warn
         assert warnings == []
 
 
-@needs_mini
 def test_cli_run_writes_metrics_summary_and_exact_checkpoints(tmp_path):
     run_dir = tmp_path / "run"
-    r = run_cli([f"data.local_dir={MINI}", *TINY, "train.max_steps=6", "train.eval_every=3",
+    r = run_cli([*CORPUS, *TINY, "train.max_steps=6", "train.eval_every=3",
                  "schedule.warmup_steps=2", f"hydra.run.dir={run_dir}"], cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -109,7 +107,7 @@ def test_cli_run_writes_metrics_summary_and_exact_checkpoints(tmp_path):
     # The checkpoint alone rebuilds the model; it scores validation exactly as the run did.
     model, tokenizer, ckpt = load_model(run_dir / "checkpoints" / "best.pt")
     assert ckpt["train_state"]["step"] in (3, 6) and ckpt["optimizer"]["state"]
-    cfg = compose_config([f"data.local_dir={MINI}", *TINY, f"data.cache_dir={ckpt['config']['data']['cache_dir']}"])
+    cfg = compose_config([*CORPUS, *TINY, f"data.cache_dir={ckpt['config']['data']['cache_dir']}"])
     _, splits = load_splits(cfg.data, cfg.tokenizer)
     val = evaluate(model, splits["validation"], packed_rows(len(splits["validation"].tokens), 32),
                    tokenizer.eos_id, 64, "cpu")
@@ -121,10 +119,9 @@ def test_cli_run_writes_metrics_summary_and_exact_checkpoints(tmp_path):
     assert torch.equal(model(x), from_config.eval()(x))
 
 
-@needs_mini
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     # The sampler hands out rows in order, so 2 micro-batches of 4 see the rows one batch of 8 sees.
-    common = [f"data.local_dir={MINI}", *TINY, "train.max_steps=2", "train.eval_every=2", "eval.max_batches=4",
+    common = [*CORPUS, *TINY, "train.max_steps=2", "train.eval_every=2", "eval.max_batches=4",
               "eval.sample_tokens=0", "logger=none", "schedule.warmup_steps=1"]
     losses = []
     for name, shape in {"big": ["train.batch_size=8"], "accum": ["train.batch_size=4", "train.grad_accum=2"]}.items():
@@ -137,16 +134,15 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     assert train_b == pytest.approx(train_a, rel=1e-5) and val_b == pytest.approx(val_a, rel=1e-5)
 
 
-@needs_mini
 def test_test_split_is_scored_with_the_best_checkpoint_not_the_final_weights(tmp_path):
     # A learning rate this high wrecks the model at its first update: step 0 stays the best.
     run_dir = tmp_path / "run"
-    r = run_cli([f"data.local_dir={MINI}", *TINY, "train.max_steps=2", "train.eval_every=2", "eval.max_batches=4",
+    r = run_cli([*CORPUS, *TINY, "train.max_steps=2", "train.eval_every=2", "eval.max_batches=4",
                  "eval.sample_tokens=0", "logger=none", "schedule=none", "schedule.peak_lr=0.5",
                  f"hydra.run.dir={run_dir}"], cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
-    cfg = compose_config([f"data.local_dir={MINI}", *TINY])
+    cfg = compose_config([*CORPUS, *TINY])
     _, splits = load_splits(cfg.data, cfg.tokenizer)
     rows = packed_rows(len(splits["test"].tokens), 32)
 

@@ -204,9 +204,9 @@ def _load_dataset(path: str, name: str | None, **kwargs):
                 raise DataError(f"cannot load {path} with datasets: {type(e).__name__}: {e}") from None
             why = "offline (HF_HUB_OFFLINE=1)" if offline else f"{type(e).__name__}"
     raise DataError(
-        f"cannot load {path}{'/' + name if name else ''} from the hub: {why}. Point data.local_dir at local "
-        "files instead, e.g. data.local_dir=../shared/data/wikitext-2-mini (a folder of "
-        "wiki.{train,valid,test}.raw, or the hub's parquet layout), or use data=text data.local_dir=DIR")
+        f"cannot load {path}{'/' + name if name else ''} from the hub: {why}. To run with no download: "
+        "python -m lmlab preset=quick (the embedded corpus, data=kjv); or point data.local_dir at local files "
+        "(a folder of wiki.{train,valid,test}.raw, or the hub's parquet layout), or use data=text data.local_dir=DIR")
 
 
 def _hub_splits(data_cfg) -> dict:
