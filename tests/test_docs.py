@@ -52,9 +52,9 @@ COMPOSE = [  # (a pattern in an lmlab training or bench command, why it is compo
     (r"lmlab(\.bench)?( \S+)* -m ", "a sweep of many jobs (README's first sweep is run)"),
 ]
 TINY_RUN = [*TINY, "train.max_steps=2", "train.eval_every=2", "eval.max_batches=1", "eval.sample_tokens=2", "logger=none"]
-BIN_PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the venv's commands first
-LOCAL_MINI = "../shared/data/wikitext-2-mini"  # relative to the scratch repo root, as the docs write it
 TINY_BENCH = [*TINY, "bench.warmup_steps=1", "bench.steps=1", "bench.windows=1", "bench.pairs=1"]
+LOCAL_MINI = "../shared/data/wikitext-2-mini"  # relative to the scratch repo root, as the docs write it
+BIN_PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the venv's commands first
 
 
 def shell_commands(path: Path) -> list[tuple[int, list[str]]]:
@@ -94,6 +94,7 @@ def lmlab_module(words: list[str]) -> tuple[str, list[str]] | None:
 
 
 def classify(path: Path, words: list[str]) -> tuple[str, str]:
+    """(kind, reason): run, compose or skip, by the first rule that matches; unknown: no rule does."""
     line = " ".join(words)
     for pattern, reason in SKIP:
         if re.search(pattern, line):
