@@ -115,7 +115,9 @@ def shrunk(words: list[str]) -> list[str]:
     module = program[0] if program and "--cfg" not in words else None
     if module == "lmlab":
         local = [] if re.search(r"data\.local_dir=|data=|preset=|scale=cpu", " ".join(words)) else [f"data.local_dir={LOCAL_MINI}"]
-        return [*words, *local, *TINY_RUN]
+        # the command's own evaluation windows must fit the tiny context
+        windows = [int(w.split("=")[1]) for w in words if re.match(r"eval\.(common_window|stride)=\d+$", w)]
+        return [*words, *local, *TINY_RUN, *[f"model.max_seq_len={max(windows)}" for _ in windows[:1]]]
     return [*words, *{"lmlab.bench": TINY_BENCH, "lmlab.evaluate": ["eval.max_batches=1"]}.get(module, [])]
 
 
