@@ -33,7 +33,7 @@ SHELL_BLOCKS = {"bash", "sh", "shell"}
 
 SKIP = [  # (a pattern in the command, why it does not run here)
     (r"^(pip|python -m venv)\b", "installs packages"),
-    (r"^sudo\b", "needs root: starts a SLURM cluster (tests/test_slurm.py)"),
+    (r"^sudo\b", "needs root: the one-node SLURM cluster (tests/test_slurm.py)"),
     (r"^(sinfo|squeue|sbatch|scontrol)\b|hydra/launcher=slurm", "needs a SLURM cluster (tests/test_slurm.py)"),
     (r"\.gpu/check\.sh", "needs CUDA"),
     (r"^pytest\b", "the test suite itself"),
@@ -46,7 +46,7 @@ SKIP = [  # (a pattern in the command, why it does not run here)
 COMPOSE = [  # (a pattern in an lmlab training or bench command, why it is composed, not run)
     (r" \.\.\.( |$)", "a template: `...` stands for a run's own overrides"),
     (r"^torchrun\b|\btorchrun ", "several processes (tests/test_distributed.py runs torchrun)"),
-    (r"data=(hub|wikitext103)|scale=wikitext103|tokenizer=gpt2", "needs the Hugging Face hub"),
+    (r"data=(hub|wikitext103)|scale=wikitext103|tokenizer=gpt2", "needs network: the Hugging Face hub or tiktoken's GPT-2 files"),
     (r"data=text", "builds a token cache of a 5 MB corpus (tests/test_corpora.py runs data=text)"),
     (r"bench\.(compare|data)=", "times several processes or a cold cache build"),
     (r"lmlab(\.bench)?( \S+)* -m ", "a sweep of many jobs (README's first sweep is run)"),
