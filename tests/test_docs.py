@@ -215,7 +215,7 @@ def test_doc_command(path, words, kind, reason, workdir, cache_dir):
     if program_path is None:
         pytest.skip(f"no {words[0]} on PATH")
     command = [program_path, *words[1:]]
-    r = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=300,
+    r = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=900,
                        env={**os.environ, **TEST_ENV, "LMLAB_CACHE_DIR": str(cache_dir)})
     assert r.returncode == 0, f"{' '.join(command)}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
 
