@@ -206,7 +206,7 @@ def test_doc_command(path, words, kind, reason, workdir, cache_dir):
     if ("../shared" in " ".join(words) or "scale=cpu" in words) and not MINI.is_dir():
         pytest.skip(f"real WikiText not found at {MINI}")
     made = [w.partition("=")[2] for w in words if w.startswith("checkpoint=")] or \
-        [w for w in words[3:4] if program and program[0] == "lmlab.report"]
+        [w for w in words[3:4] if program and program[0] in ("lmlab.report", "lmlab.rescore")]
     if made and not (workdir / made[0]).exists():
         pytest.skip(f"no {made[0]}: a longer command on the page makes it")
     if words[0] == "lmlab":

@@ -1,7 +1,7 @@
-"""The README's Findings: how likely each checkpoint finds EOS where a test article really ends.
+"""docs/findings: how likely each checkpoint finds EOS where a test article really ends.
 
     python docs/findings/eos_at_article_ends.py \
-        outputs/sweeps/rootcause/cpu/*/+variant={baseline,bug_drop_eos},*/checkpoints/best.pt
+        outputs/sweeps/rootcause/cpu-study/+variant={baseline,bug_drop_eos},schedule.peak_lr=0.0015,*/checkpoints/best.pt
 
 The run's own test stream (its token cache, each article ended by EOS): at every EOS with a full
 window before it, the model reads the max_seq_len tokens before the EOS, as an evaluation window
