@@ -125,7 +125,7 @@ def test_rootcause_arms_change_one_factor_at_a_time_at_equal_tokens_steps_and_pe
 
 def test_a_batch_that_does_not_fill_whole_rows_fails_before_any_compute():
     cfg = compose_config(["sweep=rootcause", "scale=cpu", "+variant=context", "rootcause.batch_tokens=4000"])
-    with pytest.raises(Exception, match="4000 tokens do not fill whole rows of 256"):
+    with pytest.raises(Exception, match="4000 tokens do not fill whole rows of 128"):
         validate(cfg)
 
 
@@ -157,17 +157,17 @@ def test_rootcause_stage1_jobs_run_at_equal_tokens_and_steps(tmp_path):
     tokens in half the rows, and its test is also scored on the baseline's windows."""
     sweep_dir = tmp_path / "rootcause"
     r = run_cli(["-m", "sweep=rootcause", "scale=cpu", "+variant=baseline,context", "schedule.peak_lr=1e-3",
-                 f"data.local_dir={MINI}", "tokenizer.vocab_size=512", "train.max_tokens=8192", "eval.max_batches=2",
+                 f"data.local_dir={MINI}", "tokenizer.vocab_size=512", "train.max_tokens=4096", "eval.max_batches=2",
                  "eval.sample_tokens=0", "logger=none", f"hydra.sweep.dir={sweep_dir}"], cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = {_overrides(d)["+variant"]: d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()}
     summaries = {arm: _summary(d) for arm, d in jobs.items()}
     assert sorted(jobs) == ["baseline", "context"] and all(s["status"] == "done" for s in summaries.values())
     assert summaries["baseline"]["steps"] == summaries["context"]["steps"] == 2
-    assert summaries["baseline"]["tokens_seen"] == summaries["context"]["tokens_seen"] == 8192
-    assert summaries["context"]["common_window"] == 128 and "test_common_loss" in summaries["context"]
+    assert summaries["baseline"]["tokens_seen"] == summaries["context"]["tokens_seen"] == 4096
+    assert summaries["context"]["common_window"] == 64 and "test_common_loss" in summaries["context"]
     assert "test_common_loss" not in summaries["baseline"]
-    assert json.loads((jobs["context"] / "test_scores.json").read_text())["common"]["window"] == 128
+    assert json.loads((jobs["context"] / "test_scores.json").read_text())["common"]["window"] == 64
 
 
 # The shrink overrides docs/sweeps.md advises, which change no key a sweep varies.
@@ -181,8 +181,10 @@ DOCS_SHRINK = ["data.local_dir=../shared/data/wikitext-2-mini", "tokenizer.vocab
     (["sweep=size", "model.d_model=64"], "model.d_model=64 replaces what sweep=size's model=optionA,optionC set"),
     (["sweep=rootcause", "scale=cpu", "model.max_seq_len=64", "schedule.peak_lr=1e-3"],
      "model.max_seq_len=64 replaces what sweep=rootcause's +variant=context,all_fixes set; schedule.peak_lr=1e-3 "
-     "replaces the values sweep=rootcause sweeps (schedule.peak_lr=5e-4,1e-3,2e-3)"),
-    *[([f"sweep={name}", *DOCS_SHRINK], None) for name in ("context", "size", "warmup", "rootcause")],
+     "replaces the values sweep=rootcause sweeps (schedule.peak_lr=7.5e-4,1.5e-3,3e-3)"),
+    *[([f"sweep={name}", *DOCS_SHRINK], None) for name in ("context", "size", "warmup")],
+    (["sweep=rootcause", *DOCS_SHRINK], "train.max_tokens=4096 replaces what sweep=rootcause's "
+     "+variant=size_compute,ratio_compute set"),  # they stop at rootcause.max_flops
 ])
 def test_a_key_the_sweep_varies_pinned_on_the_command_line_is_named(overrides, warning):
     from hydra import compose, initialize_config_module
