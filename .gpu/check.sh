@@ -54,7 +54,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run COMMAND under `timeout`, logged,
 setup() {
     local wheels=$SHARED/wheels/gpu-py312
     $PY -m pip install -q --no-index --find-links "$wheels" hydra-core==1.3.8 'omegaconf<2.4' wandb==0.31.0 \
-        datasets==5.2.0 optuna==2.10.1 hydra-optuna-sweeper==1.3.0 'sqlalchemy<2' \
+        datasets==5.2.0 optuna==5.0.0 sqlalchemy==2.1.9 \
         tiktoken hydra-submitit-launcher==1.2.0 hydra-joblib-launcher==1.2.0 &&
     $PY -m pip install -q --no-index --find-links "$wheels" liger-kernel==0.8.5 cut-cross-entropy==25.1.1 &&
     $PY -m pip install -q --no-deps --no-build-isolation -e . &&

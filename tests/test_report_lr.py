@@ -2,6 +2,7 @@
 stage-2 commands that run more seeds at the chosen LR into the same sweep dir."""
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -80,10 +81,15 @@ def test_stage2_commands_run_new_seeds_at_each_arms_lr_into_the_same_dir(tmp_pat
     for arm, lr in [("baseline", "0.002"), ("warmup", "0.004")]:
         val, test = GRID[arm][lr]
         for seed in (1, 2):
-            _job(tmp_path, num, [f"train.seed={seed}", f"+variant={arm}", f"schedule.peak_lr={lr}", *COMMON],
-                 _done(60.0, math.exp(test + 0.01 * seed), best_val_loss=val + 0.01 * seed), [6.0, val])
+            job = _job(tmp_path, num, [f"train.seed={seed}", f"+variant={arm}", f"schedule.peak_lr={lr}", *COMMON],
+                       _done(60.0, math.exp(test + 0.01 * seed), best_val_loss=val + 0.01 * seed), [6.0, val])
+            later = (job / ".hydra" / "hydra.yaml").stat().st_mtime + 60  # launched after stage 1
+            os.utime(job / ".hydra" / "hydra.yaml", (later, later))
             num += 1
     report = write_report(tmp_path).read_text()
+    # Both launches numbered their jobs from 0: the report numbers all ten apart, stage 2's last.
+    numbered = {int(line.split(" | ")[0][2:]): line for line in report.splitlines() if re.match(r"\| \d+ \|", line)}
+    assert sorted(numbered) == list(range(10)) and all("train.seed=2" in numbered[n] for n in (7, 9))
     assert "| variant=baseline | 0.002 | 3/3 | 4.360 ± 0.010 |" in report
     assert "| variant=warmup | 0.004 (grid edge) | 3/3 | 4.260 ± 0.010 | - | - | -0.100 | cannot say: the per-seed " \
            "differences do not vary |" in report

@@ -26,6 +26,12 @@ class Job:
     config: dict = field(default_factory=dict)  # .hydra/config.yaml: the job's composed config
 
     @property
+    def started(self) -> float:
+        """When Hydra started the job (its record's time); 0 for a run without one."""
+        record = self.path / ".hydra" / "hydra.yaml"
+        return record.stat().st_mtime if record.exists() else 0.0
+
+    @property
     def seed(self) -> str | None:
         return self.overrides.get(SEED_KEY, str(self.config.get("train", {}).get("seed", "")) or None)
 
@@ -106,11 +112,27 @@ def find_jobs(root: Path) -> list[Job]:
     its overrides or a summary, so a job killed before writing its summary still shows up."""
     dirs = {p.parent for p in root.rglob("summary.json")}
     dirs |= {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
-    jobs = sorted((load_job(d) for d in dirs), key=lambda job: (job.num is None, job.num or 0, str(job.path)))
+    jobs = [load_job(d) for d in dirs]
+    launch = _launches(jobs)
+    renumber = len(set(launch.values())) > 1
+    jobs.sort(key=lambda job: (job.num is None, launch[job.path], job.num or 0, str(job.path)))
     for index, job in enumerate(jobs):
-        if job.num is None:  # single runs: number them in path (timestamp) order
+        if job.num is None or renumber:  # single runs in path (timestamp) order; several launches in theirs
             job.num = index
     return jobs
+
+
+def _launches(jobs: list[Job]) -> dict[Path, int]:
+    """Each job's dir -> the launch it came from. Hydra numbers each launch's jobs from 0, so a sweep
+    dir that took several launches (stage 2, an LR grid's extension) repeats numbers: in the order
+    the jobs started, a number seen again begins the next launch."""
+    launch, seen, out = 0, set(), {}
+    for job in sorted(jobs, key=lambda job: (job.started, job.num or 0)):
+        if job.num is not None and job.num in seen:
+            launch, seen = launch + 1, set()
+        seen.add(job.num)
+        out[job.path] = launch
+    return out
 
 
 def exact(value: str | None):
