@@ -78,7 +78,7 @@ def source_files(data_cfg) -> list[Path] | None:
         return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else None
     if kind == "text":
         return _text_files(_text_root(data_cfg), data_cfg.local_dir)
-    return None if data_cfg.local_dir is None else _wikitext_files(data_cfg)
+    return None if data_cfg.local_dir is None else [f for files in _split_files(data_cfg).values() for f in files]
 
 
 def source_key(data_cfg) -> str:
@@ -105,30 +105,26 @@ def _raw_file(folder: Path, split: str) -> Path | None:
     return None
 
 
-def _parquet_files(folder: Path, hub_config: str, split: str) -> list[Path]:
-    return sorted((folder / hub_config).glob(f"{split}-*.parquet"))
-
-
-def _wikitext_files(data_cfg) -> list[Path]:
+def _split_files(data_cfg) -> dict[str, list[Path]]:
+    """Each split's files in a local WikiText folder: its raw file, else its parquet shards. A
+    DataError names the splits missing, unless `data.pool` carves them from the files there are."""
     folder = _folder(data_cfg)
-    found = {s: [_raw_file(folder, s)] if _raw_file(folder, s) else _parquet_files(folder, data_cfg.hub_config, s)
-             for s in SPLITS}
+    found = {s: [_raw_file(folder, s)] if _raw_file(folder, s) else
+             sorted((folder / data_cfg.hub_config).glob(f"{s}-*.parquet")) for s in SPLITS}
     missing = [s for s in SPLITS if not found[s]]
     if missing and not (data_cfg.get("pool") and len(missing) < len(SPLITS)):
         raise DataError(
             f"data.local_dir={data_cfg.local_dir} has no {'/'.join(missing)} split: expected "
             f"wiki.{{train,valid,test}}.raw (or .tokens) or {data_cfg.hub_config}/{{train,validation,test}}-*.parquet"
             + ("" if missing == ["train"] else "; data.pool=true carves the splits from the files there are"))
-    return [f for s in SPLITS for f in found[s]]
+    return found
 
 
 def _wikitext_pool(data_cfg) -> dict:
     """Every article of a local WikiText folder's files, as one train split for `_carve`."""
     import datasets
 
-    folder = _folder(data_cfg)
-    _wikitext_files(data_cfg)  # raises a DataError when the folder holds no split at all
-    present = [s for s in SPLITS if _raw_file(folder, s) or _parquet_files(folder, data_cfg.hub_config, s)]
+    present = [split for split, files in _split_files(data_cfg).items() if files]
     articles = [doc for split in present for doc in documents(read_split(data_cfg, split)) if _has_text(doc)]
     return {"train": datasets.Dataset.from_dict({"text": articles})}
 
@@ -137,16 +133,12 @@ def read_split(data_cfg, split: str) -> list[str]:
     """The lines of one WikiText split, each ending in a newline (empty lines are just '\\n')."""
     if data_cfg.local_dir is None:
         return _rows_to_lines(_load_dataset(data_cfg.hub_id, data_cfg.hub_config, split=split)["text"])
-    folder = Path(data_cfg.local_dir).expanduser()
-    raw = _raw_file(folder, split)
-    if raw is None or not data_cfg.get("pool"):
-        _wikitext_files(data_cfg)  # raises a DataError naming what is missing
-    if raw is not None:
-        return _read_utf8(raw).splitlines(keepends=True)
+    files = _split_files(data_cfg)[split]
+    if files and files[0].suffix != ".parquet":
+        return _read_utf8(files[0]).splitlines(keepends=True)
     import datasets
 
-    files = [str(f) for f in _parquet_files(folder, data_cfg.hub_config, split)]
-    rows = datasets.load_dataset("parquet", data_files={split: files}, split=split)
+    rows = datasets.load_dataset("parquet", data_files={split: [str(f) for f in files]}, split=split)
     return _rows_to_lines(rows["text"])
 
 
