@@ -1,4 +1,4 @@
-"""FLOPs per token and the peak of the device in use: MFU, by arithmetic alone (no torch).
+"""FLOPs per token, tokens/s and the peak of the device in use: MFU, by arithmetic alone (no torch).
 
 MFU = FLOPs per token x tokens/s / the device's dense peak for the precision in use. The peak
 comes from `train.peak_tflops` when set, else from the datasheet table below, matched on the name
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 
 
 def flops_per_token(n_params_non_embedding: int, d_model: int, vocab_size: int, n_layers: int,
@@ -63,3 +64,28 @@ def mfu(flops_per_tok: int, tokens_per_s: float | None, peak: float | None) -> f
     if tokens_per_s is None or peak is None:
         return None
     return flops_per_tok * tokens_per_s / peak
+
+
+class Throughput:
+    """Training tokens per second, measured between reads of the loss: evaluation and checkpoints
+    are left out, and so are this process's first steps (compilation, allocator warm-up make them
+    several times slower)."""
+
+    def __init__(self, step: int, total: int):
+        self.skip = step + min(5, total // 10)
+        self.tokens, self.seconds = 0, 0.0
+        self.restart(step)
+
+    def restart(self, step: int) -> None:
+        """A new window, from the step after `step`."""
+        self.window_start, self.window_tokens, self.window_first = time.perf_counter(), 0, step + 1
+
+    def add(self, n_tokens: int) -> None:
+        self.window_tokens += n_tokens
+
+    def read(self) -> float | None:
+        """Close the window; tokens/s over every window past the first steps (None: none yet)."""
+        if self.window_first > self.skip:
+            self.tokens += self.window_tokens
+            self.seconds += time.perf_counter() - self.window_start
+        return self.tokens / self.seconds if self.seconds else None

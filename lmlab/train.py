@@ -24,7 +24,7 @@ from lmlab.config import ConfigError
 from lmlab.data import Sampler, Split, document_rows, packed_rows
 from lmlab.distributed import Ranks, all_reduce_sum, any_rank, barrier, rank_device
 from lmlab.evaluate import eval_rows, evaluate, score_split
-from lmlab.flops import mfu, model_flops_per_token, peak_flops, token_budget
+from lmlab.flops import Throughput, mfu, model_flops_per_token, peak_flops, token_budget
 from lmlab.metrics import EvalResult
 from lmlab.model import GPT
 from lmlab.rng import capture_ranks_rng, restore_ranks_rng, seed_stream
@@ -158,31 +158,6 @@ def rewind_records(run_dir: Path, step: int) -> None:
         write_text(path, "".join(kept))
 
 
-class Throughput:
-    """Training tokens per second, measured between reads of the loss: evaluation and checkpoints
-    are left out, and so are this process's first steps (compilation, allocator warm-up make them
-    several times slower)."""
-
-    def __init__(self, step: int, total: int):
-        self.skip = step + min(5, total // 10)
-        self.tokens, self.seconds = 0, 0.0
-        self.restart(step)
-
-    def restart(self, step: int) -> None:
-        """A new window, from the step after `step`."""
-        self.window_start, self.window_tokens, self.window_first = time.perf_counter(), 0, step + 1
-
-    def add(self, n_tokens: int) -> None:
-        self.window_tokens += n_tokens
-
-    def read(self) -> float | None:
-        """Close the window; tokens/s over every window past the first steps (None: none yet)."""
-        if self.window_first > self.skip:
-            self.tokens += self.window_tokens
-            self.seconds += time.perf_counter() - self.window_start
-        return self.tokens / self.seconds if self.seconds else None
-
-
 def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir: Path, config: dict,
           resume: dict | None = None, on_eval=None, launched: float | None = None, ranks: Ranks = Ranks()) -> dict:
     """Train until train.max_steps, train.max_tokens or train.max_flops, evaluating every
@@ -246,6 +221,7 @@ class Trainer:
         self.pending: list[torch.Tensor] = []
         self.tokens_per_s: float | None = None
         self.started, self.first_step_at = None, None
+        self.eval_s = 0.0  # in evaluate(): every sweep job pays it, so the summary gives its share
 
     def start(self, resume: dict | None) -> None:
         """Fresh, from train.seed; or exactly where the checkpoint `resume` left off: weights,
@@ -331,11 +307,13 @@ class Trainer:
         return values[-1]
 
     def evaluate(self, split: str, rows: np.ndarray | None = None) -> EvalResult:
-        rows = self.rows[split] if rows is None else rows
-        return evaluate(self.model, self.splits[split], rows, self.tokenizer.eos_id,
-                        self.cfg.eval.batch_size, self.device, partial(compute_context, self.device, self.tcfg),
-                        self.cfg.model.doc_mask, self.cfg.eval.max_batches, self.ranks,
-                        train_mode=self.cfg.bugs.eval_in_train_mode)
+        started, rows = time.perf_counter(), self.rows[split] if rows is None else rows
+        result = evaluate(self.model, self.splits[split], rows, self.tokenizer.eos_id,
+                          self.cfg.eval.batch_size, self.device, partial(compute_context, self.device, self.tcfg),
+                          self.cfg.model.doc_mask, self.cfg.eval.max_batches, self.ranks,
+                          train_mode=self.cfg.bugs.eval_in_train_mode)
+        self.eval_s += time.perf_counter() - started  # the result's loss was read: the device is done
+        return result
 
     def evaluate_and_checkpoint(self, train_loss, lr, tokens_per_s) -> None:
         state = self.state
@@ -398,7 +376,7 @@ class Trainer:
                                    self.cfg.model.max_seq_len, self.cfg.eval)
         if self.ranks.main:
             write_text(self.run_dir / "test_scores.json", json.dumps(scores))
-        state, model, peak = self.state, self.model, self.peak
+        state, model, peak, wall_s = self.state, self.model, self.peak, time.perf_counter() - self.started
         return {"status": "done", "val_ppl": self.val.ppl, "best_val_ppl": math.exp(state.best_val_loss),
                 "best_val_loss": state.best_val_loss, **state.best_val, **test,
                 "eval_windows": f"stride {self.cfg.eval.stride}" if self.cfg.eval.stride else "non-overlapping",
@@ -408,5 +386,5 @@ class Trainer:
                 "max_flops": self.tcfg.max_flops, "device": self.device_name,
                 "peak_tflops": peak / 1e12 if peak else None, "compiled": self.train_step.compiled,
                 "checkpoint_stall_s": max(self.writer.stalls, default=None),
-                "wall_s": time.perf_counter() - self.started,
+                "wall_s": wall_s, "eval_s": self.eval_s, "eval_share": self.eval_s / wall_s,
                 "startup_s": self.first_step_at - launched if self.first_step_at and launched else None}

@@ -103,6 +103,9 @@ def test_cli_run_writes_metrics_summary_and_exact_checkpoints(tmp_path):
     for key in ("test_ppl", "n_params", "n_params_non_embedding", "tokens_per_s", "wall_s"):
         assert summary[key] > 0, key
     assert summary["bugs"] == [] and summary["floors"]["floor"] == "kneser_ney_5gram"
+    # Three validations and the final validation and test: their seconds, and their share of the run's.
+    assert 0 < summary["eval_s"] < summary["wall_s"]
+    assert summary["eval_share"] == pytest.approx(summary["eval_s"] / summary["wall_s"])
 
     # The checkpoint alone rebuilds the model; it scores validation exactly as the run did.
     model, tokenizer, ckpt = load_model(run_dir / "checkpoints" / "best.pt")
