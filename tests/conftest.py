@@ -1,6 +1,7 @@
 """Shared fixtures: compose the real config and shrink it; run the CLI as a user would."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
+
+from lmlab.config import package_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -41,11 +44,15 @@ TEST_ENV = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "of
             "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def offline_env(monkeypatch, cache_dir):
-    for key, value in TEST_ENV.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("LMLAB_CACHE_DIR", str(cache_dir))
+@pytest.fixture(scope="session", autouse=True)
+def offline_env(cache_dir):
+    """For the whole session, so that module-scoped fixtures, set up before any function-scoped
+    one, start their subprocesses offline and on the session's token cache too."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in TEST_ENV.items():
+            patch.setenv(key, value)
+        patch.setenv("LMLAB_CACHE_DIR", str(cache_dir))
+        yield
 
 
 def compose_config(overrides: list[str] = (), hydra: bool = False):
@@ -61,17 +68,25 @@ def run_cli(args: list[str], cwd: Path, module: str = "lmlab", timeout: int = 30
                           timeout=timeout, env={**os.environ, **TEST_ENV})
 
 
+def corpus_verses() -> list[dict]:
+    """The embedded corpus's records, one a verse: {"citation": "Genesis 1:1", "text": ..., ...}."""
+    lines = (Path(package_dir("bible")) / "data" / "kjv.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def corpus_lines(n: int) -> list[str]:
+    """The embedded corpus's first `n` documents (verses), a line each: real text for a test that
+    lays out files of its own."""
+    return [verse["text"] + "\n" for verse in corpus_verses()[:n]]
+
+
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, cache_dir) -> Path:
-    """A run of the TINY model trained for a few steps on real WikiText, test split scored in full:
-    the checkpoint the export and lm-evaluation-harness tests start from."""
-    if not MINI.is_dir():
-        pytest.skip(f"real WikiText not found at {MINI}")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run of the TINY model trained for a few steps on the embedded corpus, test split scored in
+    full: the checkpoint the export and evaluation tests start from."""
     run_dir = tmp_path_factory.mktemp("tiny-run")
-    r = subprocess.run([sys.executable, "-m", "lmlab", f"data.local_dir={MINI}", *TINY, "train.max_steps=30",
-                        "train.eval_every=15", "schedule=none", "schedule.peak_lr=3e-3", "eval.sample_tokens=0",
-                        "logger=none", f"hydra.run.dir={run_dir}"], cwd=REPO, capture_output=True, text=True,
-                       timeout=300, env={**os.environ, **TEST_ENV, "LMLAB_CACHE_DIR": str(cache_dir)})
+    r = run_cli([*CORPUS, *TINY, "train.max_steps=30", "train.eval_every=15", "schedule=none", "schedule.peak_lr=3e-3",
+                 "eval.sample_tokens=0", "logger=none", f"hydra.run.dir={run_dir}"], cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir
 

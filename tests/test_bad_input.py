@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from lmlab.data import tokens
-from tests.conftest import MINI, REPO, TEST_ENV, TINY, compose_config, needs_mini
+from tests.conftest import CORPUS, REPO, TEST_ENV, TINY, compose_config, corpus_lines
 
-pytestmark = needs_mini
-
-BASE = [f"data.local_dir={MINI}", *TINY, "eval.max_batches=2", "eval.sample_tokens=0", "logger=none",
-        "train.max_steps=2"]
+SHRINK = [*TINY, "eval.max_batches=2", "eval.sample_tokens=0", "logger=none", "train.max_steps=2"]
+BASE = [*CORPUS, *SHRINK]
 
 # (id, command-line arguments, what the one line must say). {x} are paths the `world` fixture makes.
+# A case that picks its own data= runs without the embedded corpus's; data=wikitext2's cases read
+# folders in WikiText's layout that `world` writes, to check the WikiText reader's messages.
 CASES = [
     ("unknown group option", ["model=optionB"],
      "Could not find 'model/optionB'; Available options in 'model': mini, optionA, optionC, small, tiny"),
@@ -49,16 +49,16 @@ CASES = [
     ("unknown device", ["train.device=tpu"], "train.device: must be one of auto, cpu, cuda; got 'tpu'"),
     ("tiny vocabulary", ["tokenizer.vocab_size=100"], "tokenizer.vocab_size: must be at least 260"),
     ("eval stride above context", ["eval.stride=64"], "eval.stride: must be <= model.max_seq_len=32"),
-    ("missing data dir", ["data.local_dir={tmp}/nope"], "data.local_dir={tmp}/nope is not a directory"),
-    ("data dir is a file", ["data.local_dir={tmp}/a_file"], "data.local_dir={tmp}/a_file is not a directory"),
-    ("wrong layout", ["data.local_dir={tmp}/wrong_layout"], "has no train/validation/test split: expected wiki."),
-    ("a split missing", ["data.local_dir={tmp}/no_test"], "has no test split"),
-    ("empty split", ["data.local_dir={tmp}/empty_valid"], "the validation split is empty"),
+    ("missing data dir", ["data=wikitext2", "data.local_dir={tmp}/nope"], "data.local_dir={tmp}/nope is not a directory"),
+    ("data dir is a file", ["data=wikitext2", "data.local_dir={tmp}/a_file"], "data.local_dir={tmp}/a_file is not a directory"),
+    ("wrong layout", ["data=wikitext2", "data.local_dir={tmp}/wrong_layout"], "has no train/validation/test split: expected wiki."),
+    ("a split missing", ["data=wikitext2", "data.local_dir={tmp}/no_test"], "has no test split"),
+    ("empty split", ["data=wikitext2", "data.local_dir={tmp}/empty_valid"], "the validation split is empty"),
     ("hub corpus without a dataset id", ["data=hub"], "data.hub_id: data=hub needs a dataset: set data.hub_id=ID"),
     ("text corpus without a folder", ["data=text", "data.local_dir=null"], "data.local_dir: data=text reads a local folder"),
     ("text corpus folder without text", ["data=text", "data.local_dir={tmp}/wrong_layout"],
      "data.local_dir={tmp}/wrong_layout holds no .txt or .jsonl file"),
-    ("non-UTF-8 text", ["data.local_dir={tmp}/latin1"], "wiki.train.raw is not UTF-8 text (invalid continuation byte at byte"),
+    ("non-UTF-8 text", ["data=wikitext2", "data.local_dir={tmp}/latin1"], "wiki.train.raw is not UTF-8 text (invalid continuation byte at byte"),
     ("batch larger than the data", ["train.batch_size=100000"], "train.batch_size: train.batch_size=100000 is larger than the"),
     ("missing checkpoint", ["train.resume={tmp}/nope.pt"], "no checkpoint at {tmp}/nope.pt"),
     ("corrupted checkpoint", ["train.resume={tmp}/junk.pt"], "{tmp}/junk.pt is not an lmlab checkpoint"),
@@ -99,7 +99,7 @@ def world(tmp_path_factory, cache_dir):
     (tmp / "a_file").write_text("not a folder\n")
     (tmp / "wrong_layout").mkdir()
     (tmp / "wrong_layout" / "README.md").write_text("train.txt valid.txt test.txt\n")
-    head = b"".join((MINI / "wiki.train.raw").read_bytes().splitlines(keepends=True)[:200])
+    head = "".join(corpus_lines(200)).encode()
     layouts = {"no_test": {"train": head, "valid": head},
                "empty_valid": {"train": head, "valid": b" \n", "test": head},
                "latin1": {"train": head + "café\n".encode("latin-1"), "valid": head, "test": head}}
@@ -124,7 +124,8 @@ def test_bad_input_is_one_line_and_destroys_nothing(world, cache_dir, tmp_path, 
     if args[0] == "-m":  # another entry point: python -m lmlab.generate ...
         prog, command = args[1], args
     else:  # a case's own hydra.run.dir comes later, so it wins
-        prog, command = "lmlab", ["-m", "lmlab", *BASE, f"hydra.run.dir={run_dir}", *args]
+        own_data = any(a.startswith("data=") for a in args)
+        prog, command = "lmlab", ["-m", "lmlab", *(SHRINK if own_data else BASE), f"hydra.run.dir={run_dir}", *args]
     guarded = [run_dir, world["tmp"], cache_dir]
     before = [files(d) for d in guarded]
 
@@ -143,7 +144,7 @@ def test_bad_input_is_one_line_and_destroys_nothing(world, cache_dir, tmp_path, 
 def test_corrupted_token_cache_is_detected_and_rebuilt(world, cache_dir, tmp_path):
     own_cache = tmp_path / "cache"
     shutil.copytree(cache_dir, own_cache)
-    cfg = compose_config([f"data.local_dir={MINI}", *TINY, f"data.cache_dir={own_cache}"])
+    cfg = compose_config([*CORPUS, *TINY, f"data.cache_dir={own_cache}"])
     path = tokens.cache_dir(cfg.data, cfg.tokenizer) / "train.bin"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size: only the checksum can tell

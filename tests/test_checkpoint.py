@@ -23,7 +23,7 @@ from lmlab.checkpoint import (CheckpointError, CheckpointWriter, check_same_run,
                               latest_checkpoint, link_checkpoint, load_checkpoint, prune_checkpoints,
                               save_checkpoint, step_checkpoint)
 from lmlab.model import GPT, GPTConfig
-from tests.conftest import MINI, REPO, TEST_ENV, needs_mini, run_cli
+from tests.conftest import CORPUS, REPO, TEST_ENV, corpus_lines, run_cli
 
 CFG = GPTConfig(vocab_size=64, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=16)
 
@@ -153,7 +153,7 @@ def test_objective_is_inf_unless_done():
     assert objective({"status": "failed", "reason": "TrainingDiverged: ..."}) == math.inf
 
 
-TINY_RUN = [f"data.local_dir={MINI}", "model.d_model=32", "model.n_heads=2", "model.n_layers=2",
+TINY_RUN = [*CORPUS, "model.d_model=32", "model.n_heads=2", "model.n_layers=2",
             "model.max_seq_len=32", "tokenizer.vocab_size=512", "train.batch_size=8", "eval.max_batches=2",
             "eval.sample_tokens=0", "logger=none"]
 
@@ -168,7 +168,6 @@ def last_good(run_dir, step) -> str:
     return f"the last good checkpoint is {run_dir / 'checkpoints' / 'last.pt'} (step {step})"
 
 
-@needs_mini
 def test_divergence_keeps_only_checkpoints_of_good_weights_and_a_rerun_says_how_to_start_over(tmp_path):
     # A learning rate of 1e6 throws the weights to ~1e6 at the first update: still finite, so
     # step 1's checkpoint is written, but the loss they give at step 2 is NaN.
@@ -227,7 +226,6 @@ def wait_for(path, proc: subprocess.Popen) -> None:
         time.sleep(0.005)
 
 
-@needs_mini
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
 def test_stop_signal_checkpoints_at_a_step_boundary_and_exits_75(tmp_path, sig):
     # SIGINT's run is in the default, timestamped run dir, which the same command would not find
@@ -268,7 +266,6 @@ def test_stop_signal_checkpoints_at_a_step_boundary_and_exits_75(tmp_path, sig):
         assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["train_state"]["wandb_run_id"] == run_id
 
 
-@needs_mini
 def test_a_checkpoint_that_cannot_be_written_fails_the_run_in_one_line(tmp_path):
     """A disk that fills up during the run: the kernel refuses the checkpoint's bytes (a file size
     limit, set once step 0 is saved: root writes anywhere, so permissions cannot make it fail)."""
@@ -286,15 +283,14 @@ def test_a_checkpoint_that_cannot_be_written_fails_the_run_in_one_line(tmp_path)
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["train_state"]["step"] == 0
 
 
-@needs_mini
 def test_resuming_into_another_corpus_or_tokenizer_is_refused_in_one_line(tmp_path):
     run = [*TINY_RUN, "train.max_steps=2", f"hydra.run.dir={tmp_path / 'run'}"]
     assert run_cli(run, cwd=REPO).returncode == 0
-    speeches = MINI.parent / "us-presidential-speeches" / "inaugural"
-    r = run_cli([*run, "data=text", f"data.local_dir={speeches}"], cwd=REPO)
+    other = tmp_path / "genesis.txt"  # another corpus: the first 1,533 verses (Genesis), one file
+    other.write_text("".join(corpus_lines(1533)), encoding="utf-8")
+    r = run_cli(["data=text", f"data.local_dir={other}", *run[len(CORPUS):]], cwd=REPO)
     assert r.returncode == 2
     assert messages(r.stderr) == [
-        "lmlab: error: cannot resume step 2: the data differs in name=wikitext2 in the checkpoint, text now; "
-        "kind=wikitext in the checkpoint, text now; hub_id=Salesforce/wikitext in the checkpoint, None now; "
-        "hub_config=wikitext-2-raw-v1 in the checkpoint, None now; the bpe tokenizer's vocabulary differs. Resume with the same model.*, data.* and tokenizer.*, "
-        "or start over with train.resume=null or a new run dir"]
+        "lmlab: error: cannot resume step 2: the data differs in name=kjv in the checkpoint, text now; "
+        "holdout=300.0 in the checkpoint, 0.05 now; the bpe tokenizer's vocabulary differs. Resume with the same "
+        "model.*, data.* and tokenizer.*, or start over with train.resume=null or a new run dir"]

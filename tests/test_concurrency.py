@@ -8,7 +8,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from lmlab.data import load_splits
-from tests.conftest import MINI, REPO, needs_mini
+from tests.conftest import CORPUS, REPO, compose_config
 
 BUILD = """
 import hashlib, json, logging, sys
@@ -16,17 +16,16 @@ import numpy as np
 from omegaconf import OmegaConf
 from lmlab.data import load_splits
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-data = OmegaConf.create({"name": "wikitext2", "hub_id": "Salesforce/wikitext", "hub_config": "wikitext-2-raw-v1",
-                         "local_dir": sys.argv[1], "cache_dir": sys.argv[2], "packing": True})
+data = OmegaConf.create(sys.argv[1])
 tok, splits = load_splits(data, OmegaConf.create({"kind": "bpe", "vocab_size": 512}))
 print(json.dumps({name: hashlib.sha256(np.asarray(s.tokens).tobytes()).hexdigest() for name, s in splits.items()}))
 """
 
 
-@needs_mini
 def test_two_processes_building_one_cache_build_it_once(tmp_path):
     cache = tmp_path / "cache"
-    procs = [subprocess.Popen([sys.executable, "-c", BUILD, str(MINI), str(cache)], cwd=REPO, text=True,
+    data = compose_config([*CORPUS, f"data.cache_dir={cache}"]).data
+    procs = [subprocess.Popen([sys.executable, "-c", BUILD, OmegaConf.to_yaml(data, resolve=True)], cwd=REPO, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
@@ -38,7 +37,5 @@ def test_two_processes_building_one_cache_build_it_once(tmp_path):
     # What they left is whole: it loads (checksums verified) and no temporary file is left over.
     folder = next(cache.glob("*/bpe512"))
     assert not [p.name for p in folder.iterdir() if ".tmp" in p.name]
-    data = OmegaConf.create({"name": "wikitext2", "hub_id": "Salesforce/wikitext", "hub_config": "wikitext-2-raw-v1",
-                             "local_dir": str(MINI), "cache_dir": str(cache), "packing": True})
     _, splits = load_splits(data, OmegaConf.create({"kind": "bpe", "vocab_size": 512}))
     assert {n: hashlib.sha256(np.asarray(s.tokens).tobytes()).hexdigest() for n, s in splits.items()} == hashes[0]

@@ -9,7 +9,7 @@ from lmlab.data import DataError, load_splits
 from lmlab.data import sources
 from lmlab.data.sources import holdout_size, source_key, split_text
 from lmlab.config import ConfigError, validate
-from tests.conftest import REPO, SHARED_DATA, TINY, compose_config, run_cli
+from tests.conftest import REPO, TINY, compose_config, corpus_verses, run_cli
 
 # Public-domain verse in five scripts: multi-byte UTF-8 in every document.
 POEMS = {
@@ -131,12 +131,13 @@ def test_split_on_cuts_every_txt_file_at_a_pattern(tmp_path):
         validate(compose_config(["data.split_on=x"]))
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "kjv-bible").is_dir(), reason="the KJV text is not in ../shared/data")
 def test_the_king_james_bible_is_one_document_per_chapter_with_split_on(tmp_path):
-    cfg = text_cfg(SHARED_DATA / "kjv-bible" / "kjv.txt", split_on="'(?m)^(?=\\S+?\\d+:1 )'")
+    # The embedded corpus as one book, a verse a line after its citation ("Genesis 1:1 In the ...").
+    (tmp_path / "kjv.txt").write_text("".join(f"{v['citation']} {v['text']}\n" for v in corpus_verses()), encoding="utf-8")
+    cfg = text_cfg(tmp_path / "kjv.txt", split_on="'(?m)^(?=.+? \\d+:1 )'")
     docs = _all_documents(cfg)
     assert len(docs) == 1189  # the chapters of the Protestant canon
-    assert sum(doc.startswith("Ge1:1 In the beginning") for doc in docs) == 1
+    assert sum(doc.startswith("Genesis 1:1 In the beginning") for doc in docs) == 1
 
 
 def test_hub_kind_reads_any_column_of_what_datasets_loads(tmp_path):

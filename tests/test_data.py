@@ -7,8 +7,8 @@ from omegaconf import OmegaConf
 
 from lmlab.data import DataError, collate, document_rows, load_splits, packed_rows, strided_rows
 from lmlab.data import tokenizer as tokenizer_mod, tokens as tokens_mod
-from lmlab.data.sources import documents, read_split, word_count
-from tests.conftest import MINI, WT2_RAW, needs_mini, needs_wt2_raw
+from lmlab.data.sources import documents, read_split, split_text, word_count
+from tests.conftest import CORPUS, MINI, WT2_RAW, compose_config, needs_mini, needs_wt2_raw
 
 CONFIG = "wikitext-2-raw-v1"
 HUB_FILES = {"train": "wiki.valid.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"}
@@ -52,7 +52,7 @@ def test_hub_id_goes_through_load_dataset(hub_layout):
     assert len(lines) == 3760 and word_count(lines) == 217_646
 
 
-@needs_mini
+@needs_mini  # WikiText's own files: articles start at their ` = Title = ` lines
 def test_raw_folder_reads_articles():
     lines = read_split(data_cfg(local_dir=str(MINI)), "train")
     docs = documents(lines)
@@ -69,12 +69,11 @@ def test_missing_and_misshapen_folders_are_reported(tmp_path):
         read_split(data_cfg(local_dir=str(tmp_path)), "train")
 
 
-@needs_mini
-def test_tokens_eos_and_cache(tmp_path, monkeypatch):
-    cfg = data_cfg(local_dir=str(MINI), cache_dir=str(tmp_path))
+def test_tokens_eos_and_cache(monkeypatch):
+    cfg = compose_config(CORPUS).data
     tok, splits = load_splits(cfg, tok_cfg())
     for name, split in splits.items():
-        docs = documents(read_split(cfg, name))
+        docs = split_text(cfg, name).documents
         stream = np.asarray(split.tokens)
         ends = np.flatnonzero(stream == tok.eos_id)
         assert len(ends) == len(docs) == split.n_docs and ends[-1] == len(stream) - 1

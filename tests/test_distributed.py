@@ -20,12 +20,12 @@ import torch
 from lmlab.checkpoint import load_checkpoint
 from lmlab.config import ConfigError, validate
 from lmlab.train import Preempted, StopSignals
-from tests.conftest import MINI, REPO, TEST_ENV, TINY, compose_config, kill_when, needs_mini, newest_step, run_cli
+from tests.conftest import CORPUS, REPO, TEST_ENV, TINY, compose_config, kill_when, newest_step, run_cli
 
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lmlab")
 # Gradient accumulation on, so no_sync and the loss's global denominator are exercised; dropout
 # off, since one process draws one mask for the whole batch where two draw one each.
-RUN = [f"data.local_dir={MINI}", *TINY, "train.grad_accum=2", "train.max_steps=12", "train.eval_every=6",
+RUN = [*CORPUS, *TINY, "train.grad_accum=2", "train.max_steps=12", "train.eval_every=6",
        "train.checkpoint_every=3", "train.keep_checkpoints=5", "eval.max_batches=3", "eval.sample_tokens=0",
        "logger=none", "schedule.warmup_steps=2"]
 # Dropout on; evaluations and checkpoints at 0, 12 and 24 only, so a stop's checkpoint stands out.
@@ -111,7 +111,6 @@ def runs(tmp_path_factory):
     return root
 
 
-@needs_mini
 def test_two_processes_train_the_same_model_as_one(runs):
     one, two = runs / "one", runs / "two"
     # Only the main process writes: one record per evaluation, as in one process.
@@ -127,7 +126,6 @@ def test_two_processes_train_the_same_model_as_one(runs):
     assert summary["test_loss"] == pytest.approx(json.loads((one / "summary.json").read_text())["test_loss"], rel=1e-6)
 
 
-@needs_mini
 def test_a_killed_two_process_run_resumes_exactly_and_its_checkpoint_resumes_in_one_process(runs, tmp_path):
     run = tmp_path / "killed"
     kill_when([*RUN, f"hydra.run.dir={run}"], lambda: newest_step(run / "checkpoints") >= 6, tmp_path / "log",
@@ -147,7 +145,6 @@ def test_a_killed_two_process_run_resumes_exactly_and_its_checkpoint_resumes_in_
     assert max_difference(weights(single), weights(runs / "one")) < 1e-5
 
 
-@needs_mini
 def test_a_global_batch_that_does_not_split_is_refused_on_every_rank(tmp_path):
     r = torchrun([*RUN, "train.batch_size=7", f"hydra.run.dir={tmp_path}"])
     assert r.returncode != 0
@@ -188,7 +185,6 @@ def static_launches(tmp_path_factory):
     return root, first_dir, second
 
 
-@needs_mini
 def test_static_launches_on_one_port_get_a_run_dir_each_and_neither_resumes_the_other(static_launches):
     root, first, second = static_launches
     dirs = run_dirs(root)
@@ -200,7 +196,6 @@ def test_static_launches_on_one_port_get_a_run_dir_each_and_neither_resumes_the_
     assert json.loads((first / "summary.json").read_text())["steps"] == 24  # the first run's results stand
 
 
-@needs_mini
 def test_two_processes_report_mfu_per_device_and_tokens_per_s_of_the_launch_and_of_each_device(static_launches):
     _, run_dir, _ = static_launches
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -212,7 +207,6 @@ def test_two_processes_report_mfu_per_device_and_tokens_per_s_of_the_launch_and_
         assert record["mfu"] == pytest.approx(summary["flops_per_token"] * tokens_per_s / (2 * 1e9))
 
 
-@needs_mini
 def test_each_rank_draws_its_own_dropout_masks_and_saves_its_own_stream(static_launches):
     _, run_dir, _ = static_launches
     states = load_checkpoint(run_dir / "checkpoints" / "step-0000012.pt")["train_state"]["rng"]
@@ -224,7 +218,6 @@ def test_each_rank_draws_its_own_dropout_masks_and_saves_its_own_stream(static_l
     assert not torch.equal(masks[0], masks[1])
 
 
-@needs_mini
 def test_a_stop_signal_to_one_rank_stops_every_rank_at_one_step_and_the_run_resumes_exactly(static_launches, tmp_path):
     """SIGUSR1 (sbatch --signal) to rank 1 alone: both ranks stop at the same step, rank 0 saves
     that step once, each rank exits 75; relaunched, the run (dropout on) ends as the uninterrupted one."""
@@ -257,7 +250,6 @@ def test_a_stop_signal_to_one_rank_stops_every_rank_at_one_step_and_the_run_resu
     assert metrics(run) == metrics(ref)
 
 
-@needs_mini
 def test_a_two_process_checkpoint_resumes_in_one_process_with_its_dropout_streams_re_derived(static_launches, tmp_path):
     _, ref, _ = static_launches
     r = run_cli([*DROPOUT, f"train.resume={ref / 'checkpoints' / 'step-0000012.pt'}", "train.max_steps=14",
@@ -267,7 +259,6 @@ def test_a_two_process_checkpoint_resumes_in_one_process_with_its_dropout_stream
             "dropout stream is re-derived from train.seed, its rank and the step") in r.stdout  # the log
 
 
-@needs_mini
 def test_a_hung_rank_stops_a_two_node_launch_within_dist_timeout_s_and_the_relaunch_resumes(tmp_path):
     """Two static nodes on this machine, one process each and no hydra.run.dir: they agree on one
     run dir. Node 1's process is frozen (SIGSTOP: alive, its sockets open, as a hung process or a

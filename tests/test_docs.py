@@ -3,8 +3,8 @@
 Every command in a ```bash block is checked in the cheapest faithful way, named in its test id:
 - run: in a subprocess, in a scratch folder beside a link to ../shared (so the docs' relative
   paths and outputs/ resolve there), lmlab's training and bench commands with a tiny override set
-  appended (TINY, 2 steps, one evaluation batch); `<...>` in a path is the newest match of what an
-  earlier command on the page made;
+  appended (TINY, 2 steps, one evaluation batch; the embedded corpus, data=kjv, where the command
+  names no data); `<...>` in a path is the newest match of what an earlier command on the page made;
 - compose: its config composed and validated in-process, each swept key at its first value
   (sweeps of many jobs, corpora only the hub has, bench modes that time several processes);
 - skip: the reason it cannot run here (SLURM, CUDA, root, installs, a live server).
@@ -26,7 +26,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from lmlab.config import BenchRunConfig, register_configs, validate
-from tests.conftest import MINI, REPO, SHARED_DATA, TEST_ENV, TINY
+from tests.conftest import CORPUS, MINI, REPO, SHARED_DATA, TEST_ENV, TINY
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELL_BLOCKS = {"bash", "sh", "shell"}
@@ -53,7 +53,6 @@ COMPOSE = [  # (a pattern in an lmlab training or bench command, why it is compo
 ]
 TINY_RUN = [*TINY, "train.max_steps=2", "train.eval_every=2", "eval.max_batches=1", "eval.sample_tokens=2", "logger=none"]
 TINY_BENCH = [*TINY, "bench.warmup_steps=1", "bench.steps=1", "bench.windows=1", "bench.pairs=1"]
-LOCAL_MINI = "../shared/data/wikitext-2-mini"  # relative to the scratch repo root, as the docs write it
 BIN_PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the venv's commands first
 
 
@@ -114,7 +113,7 @@ def shrunk(words: list[str]) -> list[str]:
     program = lmlab_module(words)
     module = program[0] if program and "--cfg" not in words else None
     if module == "lmlab":
-        local = [] if re.search(r"data\.local_dir=|data=|preset=|scale=cpu", " ".join(words)) else [f"data.local_dir={LOCAL_MINI}"]
+        local = [] if re.search(r"data\.local_dir=|data=|preset=|scale=cpu", " ".join(words)) else CORPUS
         # the command's own evaluation windows must fit the tiny context
         windows = [int(w.split("=")[1]) for w in words if re.match(r"eval\.(common_window|stride)=\d+$", w)]
         return [*words, *local, *TINY_RUN, *[f"model.max_seq_len={max(windows)}" for _ in windows[:1]]]
@@ -203,7 +202,7 @@ def test_doc_command(path, words, kind, reason, workdir, cache_dir):
     if kind == "compose":
         return composes(*program)
     words = [resolve(w, workdir) for w in shrunk(words)]
-    if ("../shared" in " ".join(words) or "scale=cpu" in words) and not MINI.is_dir():
+    if ("../shared" in " ".join(words) or "scale=cpu" in words) and not MINI.is_dir():  # WikiText's files there
         pytest.skip(f"real WikiText not found at {MINI}")
     made = [w.partition("=")[2] for w in words if w.startswith("checkpoint=")] or \
         [w for w in words[3:4] if program and program[0] in ("lmlab.report", "lmlab.rescore")]

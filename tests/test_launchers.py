@@ -8,10 +8,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from lmlab.__main__ import parallel_jobs
-from tests.conftest import MINI, REPO, TINY, needs_mini, run_cli
+from tests.conftest import CORPUS, REPO, TINY, run_cli
 
-pytestmark = needs_mini
-JOB = [f"data.local_dir={MINI}", *TINY, "train.max_steps=2", "train.eval_every=2", "eval.max_batches=2",
+JOB = [*CORPUS, *TINY, "train.max_steps=2", "train.eval_every=2", "eval.max_batches=2",
        "eval.sample_tokens=0", "logger=none"]
 
 

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from hydra_plugins.lmlab_optuna._search import grid, search_space
 from lmlab.tracking import Pruned, trial_reporter
-from tests.conftest import MINI, REPO, TEST_ENV, TINY, compose_config, kill_when, needs_mini, newest_step, run_cli
+from tests.conftest import CORPUS, REPO, TEST_ENV, TINY, compose_config, kill_when, newest_step, run_cli
 
 # TINY (256 tokens a step), evaluated every 2 steps, only the LR searched: over a range wide
 # enough that some trials fall behind the others at their first evaluation.
@@ -27,7 +27,7 @@ BUDGET = 2048
 
 
 def tiny_job(budget: int = BUDGET) -> list[str]:
-    return [f"data.local_dir={MINI}", *TINY, f"train.max_tokens={budget}", "train.eval_every=2", "eval.max_batches=2",
+    return [*CORPUS, *TINY, f"train.max_tokens={budget}", "train.eval_every=2", "eval.max_batches=2",
             "eval.sample_tokens=0", "logger=none", "schedule.warmup_steps=0", "train.weight_decay=0",
             "model.dropout=0"]
 
@@ -99,7 +99,6 @@ def test_every_sampler_and_pruner_is_a_config_choice(sampler, sampler_cls, prune
     assert isinstance(made({"x": [0, 1]}) if sampler == "grid" else made, sampler_cls)  # the sweeper gives the grid
 
 
-@needs_mini
 def test_a_pruned_search_stops_trials_that_fall_behind_and_reports_the_best(tmp_path):
     sweep_dir = tmp_path / "search"
     r = run_cli(["-m", "sweep=optuna", *tiny_job(), WIDE_LR, "hydra.sweeper.n_trials=5", "hydra/sweeper/pruner=median",
@@ -128,7 +127,6 @@ def test_a_pruned_search_stops_trials_that_fall_behind_and_reports_the_best(tmp_
         [(t.number, t.state.name.lower(), t.last_step) for t in trials]
 
 
-@needs_mini
 def test_two_sweepers_on_one_storage_finish_one_study(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     common = [sys.executable, "-m", "lmlab", "-m", "sweep=optuna", *tiny_job(), "hydra/launcher=parallel",
@@ -155,7 +153,6 @@ def test_two_sweepers_on_one_storage_finish_one_study(tmp_path):
         sorted(t.value for t in trials)  # each trial ran once, in the dir of the sweeper that asked for it
 
 
-@needs_mini
 def test_a_killed_sweep_resumes_its_study(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = ["-m", "sweep=optuna", *tiny_job(4096), "hydra.sweeper.n_trials=3",
@@ -173,7 +170,6 @@ def test_a_killed_sweep_resumes_its_study(tmp_path):
     assert all(summary(sweep_dir / str(n))["tokens_seen"] == 4096 for n in range(3))
 
 
-@needs_mini
 def test_the_grid_sampler_runs_each_point_of_the_grid_once(tmp_path):
     sweep_dir = tmp_path / "grid"
     r = run_cli(["-m", "sweep=optuna", *tiny_job(), "hydra/sweeper/sampler=grid", "schedule.peak_lr=choice(1e-3,1e-2)",

@@ -12,7 +12,7 @@ import yaml
 from lmlab.report import main, write_report
 from lmlab.report.jobs import find_jobs
 from lmlab.report.select import choose
-from tests.conftest import MINI, REPO, TEST_ENV, TINY, needs_mini, run_cli
+from tests.conftest import CORPUS, REPO, TEST_ENV, TINY, run_cli
 from tests.test_report import _done, _job
 
 # arm -> LR -> (best validation loss, test loss) of seed 0. The baseline's best LR on validation is
@@ -107,10 +107,9 @@ def test_stage2_needs_an_lr_grid_and_seeds(tmp_path, capsys):
     assert "sweeps no schedule.peak_lr grid" in capsys.readouterr().err
 
 
-@needs_mini
 def test_a_real_lr_grid_then_stage2_into_its_dir(tmp_path):
     sweep_dir = tmp_path / "grid"
-    shrink = [f"data.local_dir={MINI}", *TINY, "train.max_tokens=512", "eval.max_batches=2", "logger=none",
+    shrink = [*CORPUS, *TINY, "train.max_tokens=512", "eval.max_batches=2", "logger=none",
               "schedule=none", "eval.sample_tokens=0"]
     r = run_cli(["-m", *shrink, "schedule.peak_lr=1e-3,3e-3", "train.seed=0", f"hydra.sweep.dir={sweep_dir}"], cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -6,13 +6,11 @@ from pathlib import Path
 import torch
 
 from lmlab.checkpoint import link_checkpoint, load_checkpoint, step_checkpoint
-from tests.conftest import MINI, REPO, kill_when, needs_mini, newest_step, run_cli
-
-pytestmark = needs_mini
+from tests.conftest import CORPUS, REPO, kill_when, newest_step, run_cli
 
 # Dropout and gradient accumulation on, so the RNG and the data position must both come back exactly;
 # evaluations (every 5) and checkpoints (every 2) fall on different steps.
-RUN = [f"data.local_dir={MINI}", "model.d_model=32", "model.n_heads=2", "model.n_layers=2",
+RUN = [*CORPUS, "model.d_model=32", "model.n_heads=2", "model.n_layers=2",
        "model.max_seq_len=32", "model.dropout=0.1", "tokenizer.vocab_size=512", "train.batch_size=4",
        "train.grad_accum=2", "eval.batch_size=64", "eval.max_batches=2", "eval.sample_tokens=0",
        "logger=none", "schedule.warmup_steps=4", "train.max_steps=16", "train.eval_every=5",
@@ -97,7 +95,7 @@ def test_best_pt_holds_the_weights_best_val_loss_describes_after_a_kill(tmp_path
     assert summary["test_loss"] == finished["test_loss"]
 
 
-SWEEP = [f"data.local_dir={MINI}", "model.d_model=32", "model.n_heads=2", "model.n_layers=2",
+SWEEP = [*CORPUS, "model.d_model=32", "model.n_heads=2", "model.n_layers=2",
          "model.max_seq_len=32", "tokenizer.vocab_size=512", "train.batch_size=8", "eval.max_batches=2",
          "eval.sample_tokens=0", "logger=none", "train.max_steps=8", "train.eval_every=4",
          "train.checkpoint_every=2", "train.seed=0,1,2"]

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lmlab.checkpoint import load_checkpoint
-from tests.conftest import MINI, REPO, TEST_ENV, TINY, needs_mini, newest_step
+from tests.conftest import CORPUS, REPO, TEST_ENV, TINY, newest_step
 
 
 def _cluster_down() -> str | None:
@@ -30,14 +30,14 @@ def _cluster_down() -> str | None:
 
 
 _DOWN = _cluster_down()
-pytestmark = [needs_mini, pytest.mark.skipif(_DOWN is not None, reason=_DOWN or "")]
+pytestmark = pytest.mark.skipif(_DOWN is not None, reason=_DOWN or "")
 
 # One CPU core and one task per job, on whatever partition is the cluster's default.
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.tasks_per_node=1",
          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=15"]
 # Long enough to be cut after its step-10 checkpoint; one thread, so a job and the reference run
 # below do the same arithmetic.
-JOB = [f"data.local_dir={MINI}", *TINY, "train.max_steps=80", "train.eval_every=40", "train.checkpoint_every=10",
+JOB = [*CORPUS, *TINY, "train.max_steps=80", "train.eval_every=40", "train.checkpoint_every=10",
        "eval.max_batches=2", "eval.sample_tokens=0", "logger=none", "train.threads=1"]
 ENV = {**os.environ, **TEST_ENV}
 

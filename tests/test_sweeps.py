@@ -9,12 +9,12 @@ import pytest
 import yaml
 
 from lmlab.config import job_dirname, validate
-from tests.conftest import MINI, REPO, TINY, compose_config, needs_mini, run_cli
+from tests.conftest import CORPUS, MINI, REPO, TINY, compose_config, needs_mini, run_cli
 from tests.test_tracking import read_offline_run
 
 SWEEPS = REPO / "sweeps"
 # TINY, two optimizer steps (8 rows x 32 tokens each), two validation batches per evaluation.
-SHRINK = [f"data.local_dir={MINI}", *TINY, "train.max_tokens=512", "eval.max_batches=2"]
+SHRINK = [*CORPUS, *TINY, "train.max_tokens=512", "eval.max_batches=2"]
 
 
 def _overrides(job_dir: Path) -> dict[str, str]:
@@ -151,7 +151,7 @@ def test_isoflop_sweep_stops_each_size_at_each_flops_budget():
         assert steps == math.ceil(budget / (flops_tok * tokens_per_step))  # the cosine horizon is the budget's
 
 
-@needs_mini
+@needs_mini  # scale=cpu's design: WikiText's articles pooled (data.pool), validation and test carved from them
 def test_rootcause_stage1_jobs_run_at_equal_tokens_and_steps(tmp_path):
     """Two arms of stage 1 end to end, shrunk to two steps: the context arm takes the baseline's
     tokens in half the rows, and its test is also scored on the baseline's windows."""
@@ -199,7 +199,6 @@ def test_a_key_the_sweep_varies_pinned_on_the_command_line_is_named(overrides, w
         assert found.startswith(warning) and found.endswith("see docs/sweeps.md") and "\n" not in found
 
 
-@needs_mini
 def test_the_warning_comes_before_the_one_job_a_pinned_sweep_runs(tmp_path):
     sweep_dir = tmp_path / "context"
     r = run_cli(["-m", "sweep=context", *SHRINK, f"hydra.sweep.dir={sweep_dir}", "logger=none", "eval.sample_tokens=0"],
@@ -211,7 +210,6 @@ def test_the_warning_comes_before_the_one_job_a_pinned_sweep_runs(tmp_path):
     assert len([d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()]) == 1
 
 
-@needs_mini
 def test_dff_ratio_sweep_gives_one_job_and_one_wandb_run_per_ratio(tmp_path):
     sweep_dir = tmp_path / "dff_ratio" / "t0"
     r = run_cli(["-m", "sweep=dff_ratio", *SHRINK, f"hydra.sweep.dir={sweep_dir}"], cwd=REPO)
@@ -243,7 +241,6 @@ def test_dff_ratio_sweep_gives_one_job_and_one_wandb_run_per_ratio(tmp_path):
         assert run["summary"]["tokens"] == 512 and run["exit_code"] == 0
 
 
-@needs_mini
 def test_warmup_sweep_goes_on_past_failed_jobs_and_the_report_shows_them(tmp_path):
     sweep_dir = tmp_path / "warmup"
     # n_heads=3 does not divide d_model=32 (the job raises before training); a peak LR of 1e30
@@ -285,7 +282,6 @@ def test_warmup_sweep_goes_on_past_failed_jobs_and_the_report_shows_them(tmp_pat
         assert f"({png})" in report
 
 
-@needs_mini
 def test_optuna_sweep_writes_a_finite_best_value(tmp_path):
     sweep_dir = tmp_path / "optuna"
     r = run_cli(["-m", "sweep=optuna", "hydra.sweeper.n_trials=3", *SHRINK, "logger=none",
@@ -301,7 +297,6 @@ def test_optuna_sweep_writes_a_finite_best_value(tmp_path):
     assert result["best_value"] == pytest.approx(best)  # the objective is the best validation loss
 
 
-@needs_mini
 def test_job_dirs_start_with_what_the_sweep_varies_and_a_relaunch_finds_them(tmp_path):
     """With many fixed overrides the names pass 200 bytes and end in a hash: the swept values come
     first, so they are never the part cut off (the issue measured `eval.max_batches=4,...~4f39`)."""
@@ -313,7 +308,7 @@ def test_job_dirs_start_with_what_the_sweep_varies_and_a_relaunch_finds_them(tmp
     names = sorted(d.name for d in sweep_dir.iterdir() if (d / ".hydra").is_dir())
     assert [n.split(",")[0] for n in names] == ["schedule=none", "schedule=warmup"]
     assert all(len(n.encode()) <= 200 and "~" in n for n in names)
-    assert names[0].split(",")[1:3] == ["eval.batch_size=64", "eval.max_batches=2"]  # then the rest, sorted
+    assert names[0].split(",")[1:4] == ["data=kjv", "eval.batch_size=64", "eval.max_batches=2"]  # then the rest, sorted
     r = run_cli(args, cwd=REPO)  # relaunched: the same dirs, found done
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("is done already") == 2
