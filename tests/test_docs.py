@@ -25,6 +25,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+import lmlab.conf  # noqa: F401  registers the trainer's schema when first imported: before `composes` swaps in the bench's
 from lmlab.config import BenchRunConfig, register_configs, validate
 from tests.conftest import CORPUS, MINI, REPO, SHARED_DATA, TEST_ENV, TINY
 
