@@ -7,7 +7,7 @@
 # Stages (each under its own `timeout`, skipped when it would end past TOTAL_S, default 540 s):
 #   setup    the wheels of shared/wheels/gpu-py312 (its README's line, plus liger-kernel and
 #            cut-cross-entropy) and the project, no network
-#   tests    tests/test_gpu.py and tests/test_loss.py on CUDA
+#   tests    tests/test_gpu.py, tests/test_loss.py and tests/test_step.py on CUDA
 #   small    bench, small 64 x 256, GPT-2 vocabulary: train.loss dense vs chunked (vs liger, cce)
 #   optionC  the same for optionC 16 x 1024
 #   optionA  the same for optionA 32 x 512
@@ -85,7 +85,7 @@ export -f setup bench_losses graphs anchors
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; date -u; git log -1 --oneline; } \
     > "$OUT/summary.txt" 2>&1
 stage setup 60 setup
-stage tests 100 $PY -m pytest -o addopts= tests/test_gpu.py tests/test_loss.py -q -rs  # no pytest-xdist there
+stage tests 120 $PY -m pytest -o addopts= tests/test_gpu.py tests/test_loss.py tests/test_step.py -q -rs  # no pytest-xdist there
 stage small 100 bench_losses small 64
 stage optionC 110 bench_losses optionC 16
 stage optionA 70 bench_losses optionA 32
