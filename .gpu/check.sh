@@ -85,7 +85,7 @@ export -f setup bench_losses graphs anchors
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; date -u; git log -1 --oneline; } \
     > "$OUT/summary.txt" 2>&1
 stage setup 60 setup
-stage tests 120 $PY -m pytest -o addopts= tests/test_gpu.py tests/test_loss.py tests/test_step.py -q -rs  # no pytest-xdist there
+stage tests 120 $PY -m pytest -o addopts= tests/test_gpu.py tests/test_loss.py tests/test_step.py -k "cuda or gpu" -q -rs  # their CUDA cases (CI runs the CPU ones); no pytest-xdist there
 stage small 100 bench_losses small 64
 stage optionC 110 bench_losses optionC 16
 stage optionA 70 bench_losses optionA 32
