@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     from lmlab.errors import exit_bad_input
 
     try:
-        cfg = parse_key_values(LmEvalConfig, sys.argv[1:] if argv is None else argv, verbatim=("checkpoint", "out"))
+        cfg = parse_key_values(LmEvalConfig, sys.argv[1:] if argv is None else argv, verbatim=("checkpoint", "out"),
+                               doc=__doc__)
         with quiet_libraries():
             comparison = compare(cfg)
     except (ValueError, CheckpointError, DataError, OSError) as e:

@@ -1,12 +1,12 @@
-"""An arm of a sweep made by scoring another arm's checkpoints again, without training: the seed's
-eval-mode bug is a property of the evaluation alone, so its effect is measured on the very weights
-the baseline trained, paired by seed and LR, with no training noise between the two.
+"""`python -m lmlab.rescore DIR [arm=baseline] [as_arm=bug_eval_train_mode] [mode=train]`: an arm of
+a sweep made by scoring another arm's checkpoints again, without training.
 
-`python -m lmlab.rescore DIR [arm=baseline] [as_arm=bug_eval_train_mode] [mode=train]` scores each
-done job of `arm` under DIR (its `+variant` override) with `python -m lmlab.evaluate`'s code
-on validation and test, its best.pt in `mode` (train: dropout on, the bug), and writes beside it a
-job dir of arm `as_arm` that the report reads as any other: the same overrides with `+variant=<as_arm>`,
-the job's summary.json with the re-scored val_* and test_* metrics (best_val_* being the best
+The seed's eval-mode bug is a property of the evaluation alone, so its effect is measured on the
+very weights the baseline trained, paired by seed and LR, with no training noise between the two.
+The command scores each done job of `arm` under DIR (its `+variant` override) with `python -m
+lmlab.evaluate`'s code on validation and test, its best.pt in `mode` (train: dropout on, the bug),
+and writes beside it a job dir of arm `as_arm` that the report reads as any other: the same
+overrides with `+variant=<as_arm>`, the job's summary.json with the re-scored val_* and test_* metrics (best_val_* being the best
 checkpoint's, chosen in eval mode), and test_scores.json. Dropout's draws are seeded by the job's
 seed, so a re-run writes the same numbers.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from lmlab.cli import parse_key_values
+from lmlab.cli import HELP_FLAGS, parse_key_values
 from lmlab.config import job_dirname
 
 VARIANT_KEY = "+variant"
@@ -76,9 +76,11 @@ def rescore_job(job_dir: Path, variant: str, mode: str) -> Path:
 
 def main(argv: list[str] | None = None) -> list[Path]:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] and argv[0] in HELP_FLAGS:
+        parse_key_values(RescoreConfig, argv, doc=__doc__)  # prints the usage page and exits 0
     if not argv or "=" in argv[0]:
         raise SystemExit("usage: python -m lmlab.rescore DIR [arm=baseline] [as_arm=bug_eval_train_mode] [mode=train]")
-    root, args = Path(argv[0]), parse_key_values(RescoreConfig, argv[1:])
+    root, args = Path(argv[0]), parse_key_values(RescoreConfig, argv[1:], doc=__doc__)
     sources = sorted(p.parent for p in root.glob("*/summary.json")
                      if f"{VARIANT_KEY}={args.arm}" in _overrides(p.parent)
                      and json.loads(p.read_text()).get("status") == "done")

@@ -110,7 +110,9 @@ def test_arguments_are_typed_and_the_prompt_is_verbatim():
 
 @pytest.mark.parametrize("module, flag, keys", [
     ("lmlab.generate", "--help", ["checkpoint=PATH", "max_new_tokens=200", "top_p=0.95", "prompt=\"\""]),
-    ("lmlab.export", "-h", ["checkpoint=PATH", "out=DIR"])])
+    ("lmlab.export", "-h", ["checkpoint=PATH", "out=DIR"]),
+    ("lmlab.lmeval", "--help", ["checkpoint=PATH", "batch_size=16", "limit=null"]),
+    ("lmlab.rescore", "--help", ["arm=baseline", "as_arm=bug_eval_train_mode", "mode=train"])])
 def test_help_prints_the_usage_page_and_exits_0(module, flag, keys):
     r = run_cli([flag], cwd=REPO, module=module)
     assert r.returncode == 0, r.stderr[-2000:]
