@@ -3,6 +3,6 @@
 Importing this package registers the typed schema that the YAML files extend, so composing from
 `pkg://lmlab.conf` (the CLI, hydra.compose in tests, a notebook) always validates against it.
 """
-from lmlab.config import register_configs
+from lmlab.resolvers import register_configs
 
 register_configs()

@@ -22,7 +22,9 @@ from omegaconf import DictConfig
 
 from lmlab import LAUNCHED
 from lmlab.atomic import write_text
-from lmlab.config import ModelConfig, gpt_config, job_name, to_container, validate
+from lmlab.config import ModelConfig, gpt_config, to_container
+from lmlab.resolvers import job_name
+from lmlab.validation import validate
 from lmlab.tracking import FINISHED
 
 log = logging.getLogger("lmlab")

@@ -26,7 +26,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import lmlab.conf  # noqa: F401  registers the trainer's schema now, so `cli` can put the bench's in its place
-from lmlab.config import ModelConfig, gpt_config, register_configs, to_container, validate
+from lmlab.config import ModelConfig, gpt_config, to_container
+from lmlab.resolvers import register_configs
+from lmlab.validation import validate
 
 LR = 1e-4  # any small rate: the time of a step does not depend on it
 

@@ -154,7 +154,8 @@ def run_config(args: EvaluateConfig, overrides: list[str], run: dict):
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from lmlab.config import ConfigError, validate
+    from lmlab.config import ConfigError
+    from lmlab.validation import validate
 
     with initialize_config_module(config_module="lmlab.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from lmlab.cli import HELP_FLAGS, parse_key_values
-from lmlab.config import job_dirname
+from lmlab.resolvers import job_dirname
 
 VARIANT_KEY = "+variant"
 

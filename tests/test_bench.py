@@ -4,7 +4,8 @@ import json
 import pytest
 from hydra import compose, initialize_config_module
 
-from lmlab.config import register_configs, to_container
+from lmlab.config import to_container
+from lmlab.resolvers import register_configs
 from lmlab.data import load_splits
 from lmlab.flops import flops_per_token
 from lmlab.model import GPT, GPTConfig

@@ -5,7 +5,8 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 
-from lmlab.config import BugsConfig, ConfigError, validate
+from lmlab.config import BugsConfig, ConfigError
+from lmlab.validation import validate
 from lmlab.data import IGNORE, Sampler, Split, collate, document_rows, packed_rows, with_seed_bugs
 from lmlab.evaluate import evaluate
 from lmlab.model import GPT, GPTConfig

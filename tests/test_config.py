@@ -4,7 +4,8 @@ import itertools
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from lmlab.config import ConfigError, ModelConfig, validate
+from lmlab.config import ConfigError, ModelConfig
+from lmlab.validation import validate
 from tests.conftest import REPO, compose_config, run_cli
 
 MODELS = {"small": (256, 4, 4, 512, 256), "optionA": (512, 8, 6, 2048, 512), "optionC": (768, 12, 12, 3072, 1024)}
@@ -80,7 +81,7 @@ def test_cli_offline_hub_says_how_to_use_local_files(tmp_path):
 
 
 def test_long_job_dirnames_fit_a_file_name_and_stay_unique():
-    from lmlab.config import job_dirname
+    from lmlab.resolvers import job_dirname
 
     short = "model.d_ff_ratio=4,train.seed=1"
     assert job_dirname(short) == short

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from lmlab.checkpoint import load_checkpoint
-from lmlab.config import ConfigError, validate
+from lmlab.config import ConfigError
+from lmlab.validation import validate
 from lmlab.train import Preempted, StopSignals
 from tests.conftest import CORPUS, REPO, TEST_ENV, TINY, compose_config, kill_when, newest_step, run_cli
 

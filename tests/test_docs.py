@@ -26,7 +26,9 @@ from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 import lmlab.conf  # noqa: F401  registers the trainer's schema when first imported: before `composes` swaps in the bench's
-from lmlab.config import BenchRunConfig, register_configs, validate
+from lmlab.config import BenchRunConfig
+from lmlab.resolvers import register_configs
+from lmlab.validation import validate
 from tests.conftest import CORPUS, MINI, REPO, SHARED_DATA, TEST_ENV, TINY
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

@@ -5,7 +5,8 @@ from importlib.util import find_spec
 import pytest
 import torch
 
-from lmlab.config import LOSS_PACKAGES, ConfigError, validate
+from lmlab.config import LOSS_PACKAGES, ConfigError
+from lmlab.validation import validate
 from lmlab.loss import chunked_cross_entropy
 from lmlab.model import GPT, GPTConfig
 from lmlab.step import TrainStep, forward_loss, make_optimizer, resolve_loss

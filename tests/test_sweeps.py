@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmlab.config import job_dirname, validate
+from lmlab.resolvers import job_dirname
+from lmlab.validation import validate
 from tests.conftest import CORPUS, MINI, REPO, TINY, compose_config, needs_mini, run_cli
 from tests.test_tracking import read_offline_run
 
