@@ -24,8 +24,8 @@ from lmlab import LAUNCHED
 from lmlab.atomic import write_text
 from lmlab.config import ModelConfig, gpt_config, to_container
 from lmlab.resolvers import job_name
-from lmlab.validation import validate
 from lmlab.tracking import FINISHED
+from lmlab.validation import validate
 
 log = logging.getLogger("lmlab")
 
@@ -37,11 +37,12 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     from lmlab.checkpoint import check_same_run, resume_checkpoint
     from lmlab.data import load_splits
     from lmlab.data.floors import load_floors
+    from lmlab.errors import Preempted
     from lmlab.generate import eval_sampler
     from lmlab.model import GPT
     from lmlab.step import resolve_device
     from lmlab.tracking import NoRecords, Pruned, Tracker, trial_reporter
-    from lmlab.train import Preempted, train
+    from lmlab.train import train
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -154,7 +155,7 @@ def hydra_main(cfg: DictConfig) -> float:
         if not summary_path.exists() and this_process().main:
             write_text(summary_path, json.dumps({"status": "failed", "reason": reason}))
         if multirun:
-            from lmlab.train import Preempted
+            from lmlab.errors import Preempted
 
             if not isinstance(e, Preempted):  # record the failure; the sweep goes on
                 log.error("job failed (objective inf): %s", reason)

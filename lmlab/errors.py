@@ -26,11 +26,19 @@ _FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user's wish, read
 _BEFORE_COMPUTE = (ConfigError, HydraException, OmegaConfBaseException, OSError)
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss, the validation loss or the weights stopped being finite; no checkpoint of those
+    weights or later ones is left."""
+
+
+class Preempted(Exception):
+    """A stop signal arrived; a checkpoint of the current step was saved first."""
+
+
 def user_errors() -> tuple[type[Exception], ...]:
     """Every error a user causes and can fix."""
     from lmlab.checkpoint import CheckpointError
     from lmlab.data import DataError
-    from lmlab.train import TrainingDiverged
 
     return (*_BEFORE_COMPUTE, DataError, CheckpointError, TrainingDiverged)
 
@@ -72,8 +80,6 @@ def exit_for(e: BaseException, prog: str = "lmlab") -> None:
     """Exit for a user's mistake (one line on stderr, status 2) or a preemption (its message, 75);
     return for anything else, a bug, whose traceback the caller lets through."""
     if not isinstance(e, _BEFORE_COMPUTE):
-        from lmlab.train import Preempted
-
         if isinstance(e, Preempted):
             print(f"{prog}: {e}", file=sys.stderr)
             sys.exit(EXIT_PREEMPTED)

@@ -19,8 +19,9 @@ import torch
 
 from lmlab.checkpoint import load_checkpoint
 from lmlab.config import ConfigError
+from lmlab.errors import Preempted
+from lmlab.stop import StopSignals
 from lmlab.validation import validate
-from lmlab.train import Preempted, StopSignals
 from tests.conftest import CORPUS, REPO, TEST_ENV, TINY, compose_config, kill_when, newest_step, run_cli
 
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lmlab")

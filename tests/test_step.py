@@ -14,7 +14,7 @@ from lmlab.evaluate import evaluate
 from lmlab.model import GPT, GPTConfig
 from lmlab.rng import capture_rng, restore_rng
 from lmlab.step import TrainStep, batch_loss, device_batches, make_optimizer, to_device
-from lmlab.train import lr_at
+from lmlab.schedule import lr_at
 
 CFG = GPTConfig(vocab_size=101, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=16)
 

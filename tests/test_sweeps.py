@@ -88,7 +88,7 @@ def test_the_equal_compute_arms_stop_at_the_baselines_flops(scale):
 
 @pytest.mark.parametrize("scale", SCALES)
 def test_rootcause_arms_change_one_factor_at_a_time_at_equal_tokens_steps_and_peak_lr(scale):
-    from lmlab.train import planned_steps
+    from lmlab.schedule import planned_steps
 
     baseline, fixes, lr_grid = SCALES[scale]
     params = compose_config(["sweep=rootcause", f"scale={scale}"], hydra=True).hydra.sweeper.params
@@ -134,7 +134,7 @@ def test_isoflop_sweep_stops_each_size_at_each_flops_budget():
     from lmlab.config import gpt_config
     from lmlab.flops import model_flops_per_token, token_budget
     from lmlab.model import GPT
-    from lmlab.train import planned_steps
+    from lmlab.schedule import planned_steps
 
     cfg = compose_config(["sweep=isoflop"], hydra=True)
     assert cfg.hydra.sweep.dir.startswith("outputs/sweeps/isoflop/")

@@ -13,7 +13,7 @@ from lmlab.data import Split, collate, load_splits, packed_rows
 from lmlab.evaluate import evaluate
 from lmlab.model import GPT, GPTConfig
 from lmlab.step import batch_loss, make_optimizer
-from lmlab.train import lr_at
+from lmlab.schedule import lr_at
 from tests.conftest import CORPUS, REPO, TINY, compose_config, run_cli
 
 
