@@ -11,7 +11,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from lmlab.data import Split, load_splits
+from lmlab.data import Split, floors_cost, load_splits
 from lmlab.data.floors import (FLOORS_FILE, FLOORS_VERSION, KN_ORDERS, compute_floors, interpolated_bigram_probs, kneser_ney_loss_and_gradient, kneser_ney_probs,
                                load_floors, unigram_probs)
 from lmlab.data.ngrams import count_ngrams
@@ -252,3 +252,14 @@ def test_real_text_scores_what_the_table_per_order_scored(name):
             assert floors[key].keys() == entry.keys()
             for field, value in entry.items():
                 assert np.asarray(floors[key][field]) == pytest.approx(np.asarray(value), rel=0, abs=1e-9), (key, field)
+
+
+def test_the_floors_hold_under_24_bytes_per_training_token(capsys):
+    # 4M tokens: where a table of every order's k-grams (np.unique per order) peaked at ~120 bytes a token.
+    result = floors_cost.main(["--tokens", "4000000", "--eval-tokens", "10000"])
+    assert result["traced_bytes_per_token"] <= 24, result
+    p = 1 / np.arange(1, 8193)
+    p /= p.sum()
+    assert result["test_loss"] == pytest.approx(-(p * np.log(p)).sum(), abs=0.01)  # independent draws: the Zipf entropy
+    out = capsys.readouterr().out
+    assert "4,000,000 training tokens" in out and f"{result['traced_bytes_per_token']:.1f} bytes/token" in out

@@ -23,11 +23,11 @@ report the same metrics (lmlab.metrics). A split's first tokens have fewer than 
 before them: target j (j < n - 1) is scored as if its longer histories were unseen, i.e. by the
 level-(j + 1) distribution the model interpolates, given the j tokens there are.
 
-Counts are sorted numpy arrays, looked up with searchsorted; no Python loop runs over tokens. A
-k-gram's code is (index of its first k - 1 tokens among the distinct (k-1)-grams) x V + its last
-token: exact (no hash collisions) and under 2^63 for any order while V x (training tokens) is,
-where packing k tokens of 16 bits would not fit order 5 into an int64. Computed once per token
-cache (the data package never imports the model) and stored beside the cache as floors.json.
+The counts come from lmlab/data/ngrams.py, which sorts the training positions once per order
+and keeps no table of the training k-grams: only the counts at validation's and test's targets
+and the counts of counts, in about 7 bytes per training token (no Python loop runs over tokens).
+Computed once per token cache (the data package never imports the model) and stored beside the
+cache as floors.json.
 """
 from __future__ import annotations
 

@@ -80,8 +80,8 @@ def count_ngrams(tokens: np.ndarray, vocab_size: int, streams=(),
     lookups = [_Lookup(np.asarray(s, dtype=np.int64), max_order) for s in streams]
     for q in lookups:
         q.group = np.where(unigram[q.tokens] > 0, offset[q.tokens], -1)
-        q.raw[0] = _columns(unigram[q.tokens], _per_history(np.zeros(v, dtype=np.int64), unigram, 1), 0 * q.tokens)
-    raw_coc, cont_coc = [_counts_of_counts(unigram)], []
+        q.raw[0] = _unigram_columns(unigram, q.tokens)
+    raw_coc, cont_coc = [_counts_of_counts(unigram)], [None]
     follows = np.zeros(v, dtype=np.int64)  # N1+(. w): distinct bigrams ending in w
     for k in range(2, max_order + 1):
         raw_coc.append(np.zeros(COUNTS_OF_COUNTS, dtype=np.int64))
@@ -96,13 +96,18 @@ def count_ngrams(tokens: np.ndarray, vocab_size: int, streams=(),
                 follows += np.bincount(w.last[w.raw > 0], minlength=v)
             for q in lookups:
                 q.look_up(w, k)
-    cont_coc.insert(0, _counts_of_counts(follows))
-    cont_coc.pop()  # the top order has no continuation level
+    del order, starts, padded
+    cont_coc[0] = _counts_of_counts(follows)
     for q in lookups:
-        q.continuation[0] = _columns(follows[q.tokens], _per_history(np.zeros(v, dtype=np.int64), follows, 1),
-                                     0 * q.tokens)
-    counts = NgramCounts(v, unigram.astype(float), raw_coc, cont_coc)
+        q.continuation[0] = _unigram_columns(follows, q.tokens)
+    counts = NgramCounts(v, unigram.astype(float), raw_coc, cont_coc[:-1])  # the top order has no continuation level
     return counts, [q.targets(v) for q in lookups]
+
+
+def _unigram_columns(counts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Level 1's columns at `tokens`: every token has the one empty history."""
+    everywhere = np.zeros(len(tokens), dtype=np.int64)
+    return _columns(counts[tokens], _per_history(np.zeros(len(counts), dtype=np.int64), counts, 1), everywhere)
 
 
 def _counts_of_counts(counts: np.ndarray) -> np.ndarray:
@@ -221,11 +226,14 @@ class _Lookup:
             columns[k - 1][:, here] = _columns(np.where(found, counts[at], 0), w.per_run(name), run)
 
     def targets(self, v: int) -> Targets:
+        """The looked-up columns as Levels, aligned with the targets; each level's columns are let
+        go as its Level is made, so the two are never all held at once."""
         n_targets = len(self.tokens) - 1
 
-        def level(k, columns):  # target j ends the k-gram starting at j - k + 1
-            aligned = [np.concatenate([np.zeros(max(k - 2, 0)), c[max(2 - k, 0):]])[:n_targets] for c in columns]
-            return Level(aligned[0], aligned[1], np.stack(aligned[2:]))
+        def levels(columns: list):  # target j ends the k-gram starting at j - k + 1
+            for k in range(1, len(columns) + 1):
+                c, columns[k - 1] = columns[k - 1], None
+                aligned = [np.concatenate([np.zeros(max(k - 2, 0)), row[max(2 - k, 0):]])[:n_targets] for row in c]
+                yield Level(aligned[0], aligned[1], np.stack(aligned[2:]))
 
-        return Targets(self.tokens[1:], [level(k, c) for k, c in enumerate(self.raw, 1)],
-                       [level(k, c) for k, c in enumerate(self.continuation, 1)], v)
+        return Targets(self.tokens[1:], list(levels(self.raw)), list(levels(self.continuation)), v)
