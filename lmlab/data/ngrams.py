@@ -72,7 +72,7 @@ def count_ngrams(tokens: np.ndarray, vocab_size: int, streams=(),
     n, v = len(tokens), vocab_size
     unigram = np.bincount(tokens, minlength=v)
     # Positions sorted by token: numpy's stable sort of 16-bit keys is a radix sort.
-    order = np.argsort(tokens, kind="stable").astype(np.uint32)
+    order = np.argsort(tokens, kind="stable").astype(np.uint32 if n < 1 << 32 else np.int64)
     starts = np.zeros(n, dtype=bool)  # where a run of equal k-grams begins in `order`
     offset = np.cumsum(unigram) - unigram
     starts[offset[unigram > 0]] = True
