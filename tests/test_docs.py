@@ -43,7 +43,7 @@ SKIP = [  # (a pattern in the command, why it does not run here)
     (r"^optuna-dashboard\b", "a web server"),
     (r"--wandb\b", "needs a W&B server (tests/test_wandb_views.py checks the view offline)"),
     (r"lmlab\.lmeval|^lm_eval\b", "lm-evaluation-harness, a heavy extra: tests/test_lmeval.py runs it"),
-    (r"^python -c\b", "a measurement of the floors' cost"),
+    (r"^python -c\b|lmlab\.data\.floors_cost", "a measurement of the floors' cost"),
     (r"^(ba)?sh outputs/", "a study's stage 2: hours of training"),
 ]
 COMPOSE = [  # (a pattern in an lmlab training or bench command, why it is composed, not run)

@@ -11,12 +11,12 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from lmlab.data import Split, load_splits
-from lmlab.data.floors import (FLOORS_FILE, FLOORS_VERSION, KN_ORDERS, NgramCounts, compute_floors,
-                               interpolated_bigram_probs, kneser_ney_loss_and_gradient, kneser_ney_probs,
+from lmlab.data import Split, floors_cost, load_splits
+from lmlab.data.floors import (FLOORS_FILE, FLOORS_VERSION, KN_ORDERS, compute_floors, interpolated_bigram_probs, kneser_ney_loss_and_gradient, kneser_ney_probs,
                                load_floors, unigram_probs)
+from lmlab.data.ngrams import count_ngrams
 from lmlab.data.tokens import cache_dir
-from tests.conftest import CORPUS, REPO, TINY, compose_config, run_cli
+from tests.conftest import CORPUS, MINI, REPO, TINY, compose_config, needs_mini, run_cli
 
 # V = 3, token 0 plays EOS. Pairs: (0,1) x2, (1,2) x3, (2,1), (2,0) x2, (1,1).
 # Triples: 012, 121, 212, 120 x2, 201, 011, 112.
@@ -26,8 +26,7 @@ F = Fraction
 
 
 def test_counts_are_the_hand_counts():
-    c = NgramCounts.of(TRAIN, V)
-    t = c.targets(np.array([0, 1, 2]))  # targets 1 (after 0) and 2 (after 0 1)
+    _, (t,) = count_ngrams(TRAIN, V, [np.array([0, 1, 2])])  # targets 1 (after 0) and 2 (after 0 1)
     assert t.next.tolist() == [1, 2]
     # Raw counts: c(0 1) = 2 of c(0 .) = 2 pairs after 0, one type; c(0 1 2) = 1 of c(0 1 .) = 2, two types.
     assert t.raw[1].count.tolist() == [2, 3] and t.raw[1].total.tolist() == [2, 4]
@@ -41,8 +40,7 @@ def test_counts_are_the_hand_counts():
 
 
 def test_probabilities_equal_a_hand_computation():
-    c = NgramCounts.of(TRAIN, V)
-    t = c.targets(np.array([1, 2, 0, 1]))  # targets: 2 after 1, 0 after 2, 1 after 0
+    c, (t,) = count_ngrams(TRAIN, V, [np.array([1, 2, 0, 1])])  # targets: 2 after 1, 0 after 2, 1 after 0
     # Add-one unigram over all 10 training tokens (3, 4, 3 of each): (c + 1) / (10 + 3).
     np.testing.assert_allclose(unigram_probs(c, 1.0), [4 / 13, 5 / 13, 4 / 13])
     # Jelinek-Mercer, lambda 1/2: 1/2 c(a,b)/c(a) + 1/2 p_uni(b).
@@ -58,7 +56,7 @@ def test_probabilities_equal_a_hand_computation():
 
 
 def test_a_trigram_probability_equals_a_hand_computation():
-    t = NgramCounts.of(TRAIN, V).targets(np.array([0, 1, 2]))
+    _, (t,) = count_ngrams(TRAIN, V, [np.array([0, 1, 2])])
     d1, d2, d3 = F(2, 5), F(1, 2), F(3, 5)  # one discount per level: unigram, bigram, trigram
     # Level 1, continuation counts N1+(. w) = [1, 3, 1] over 5 pair types, 3 of them seen:
     # p1(2) = (1 - d1)/5 + d1 x 3/5 x 1/3 = 3/25 + 2/25 = 1/5;  p1(1) = (3 - d1)/5 + 2/25 = 3/5.
@@ -90,14 +88,13 @@ def _random_discounts(rng, order):
 @pytest.mark.parametrize("vocab_extra", [0, 2])  # 2: tokens never seen in training at all
 def test_every_conditional_distribution_sums_to_one(vocab_extra):
     vocab = V + vocab_extra
-    c = NgramCounts.of(TRAIN, vocab)
     rng = np.random.default_rng(0)
     for order in (2, *KN_ORDERS):
         # Every history of order - 1 tokens (seen and unseen), each followed by every token: blocks
         # [h, w] in one stream, the last token of each block scored given exactly h.
         histories = list(itertools.product(range(vocab), repeat=order - 1))
         stream = np.array([[*h, w] for h in histories for w in range(vocab)]).ravel()
-        t = c.targets(stream)
+        c, (t,) = count_ngrams(TRAIN, vocab, [stream])
         last = np.arange(len(histories) * vocab) * order + order - 2
         for discounts in ([0.75] * order, _random_discounts(rng, order)):
             probs = kneser_ney_probs(t, order, discounts)[last].reshape(len(histories), vocab)
@@ -110,17 +107,17 @@ def test_every_conditional_distribution_sums_to_one(vocab_extra):
 
 def test_the_first_tokens_shorter_histories_sum_to_one_too():
     vocab, order = V + 1, 5
-    c = NgramCounts.of(TRAIN, vocab)
     discounts = _random_discounts(np.random.default_rng(1), order)
     for length in range(1, order - 1):  # a split's targets 1 .. order - 2 have fewer than order - 1 tokens before them
         for h in itertools.product(range(vocab), repeat=length):
-            probs = [kneser_ney_probs(c.targets(np.array([*h, w])), order, discounts)[-1] for w in range(vocab)]
+            _, targets = count_ngrams(TRAIN, vocab, [np.array([*h, w]) for w in range(vocab)])
+            probs = [kneser_ney_probs(t, order, discounts)[-1] for t in targets]
             assert sum(probs) == pytest.approx(1.0) and min(probs) > 0
 
 
 def test_the_tuning_gradient_matches_finite_differences():
     splits = _markov_splits(2, 4, sizes=(300, 200, 10))
-    t = NgramCounts.of(splits["train"].tokens, 4).targets(splits["validation"].tokens)
+    _, (t,) = count_ngrams(splits["train"].tokens, 4, [splits["validation"].tokens])
     discounts = _random_discounts(np.random.default_rng(2), 4)
     loss, gradient = kneser_ney_loss_and_gradient(t, 4, discounts)
     assert loss == pytest.approx(-np.log(kneser_ney_probs(t, 4, discounts)).mean())
@@ -154,8 +151,7 @@ def _markov_splits(order: int, vocab: int, sizes=(400, 300, 300), seed=0) -> dic
 def test_floors_report_the_model_metrics_with_smoothing_tuned_on_validation():
     splits = _markov_splits(1, 6)  # bigrams know something the unigram does not
     floors = compute_floors(splits, 6)
-    c = NgramCounts.of(splits["train"].tokens, 6)
-    val, test = c.targets(splits["validation"].tokens), c.targets(splits["test"].tokens)
+    c, (val, test) = count_ngrams(splits["train"].tokens, 6, [splits["validation"].tokens, splits["test"].tokens])
 
     def nll(probs):
         return -np.log(probs).sum()
@@ -233,3 +229,37 @@ def test_floors_are_computed_once_per_token_cache_and_reach_the_summary(tmp_path
 def test_the_data_package_never_imports_the_model():
     code = "import sys, lmlab.data, lmlab.data.floors; sys.exit('lmlab.model' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+REFERENCE = json.loads((REPO / "tests" / "data" / "floors_reference.json").read_text())
+REAL_TEXT = {"kjv-bpe512": pytest.param([*CORPUS, "tokenizer.vocab_size=512"], id="kjv-bpe512"),
+             **{f"wikitext-2-mini-bpe{v}": pytest.param([f"data.local_dir={MINI}", f"tokenizer.vocab_size={v}"],
+                                                        marks=needs_mini, id=f"wikitext-2-mini-bpe{v}")
+                for v in (384, 8192)}}
+
+
+@pytest.mark.parametrize("name", [pytest.param(k, marks=p.marks, id=p.id) for k, p in REAL_TEXT.items()])
+def test_real_text_scores_what_the_table_per_order_scored(name):
+    """tests/data/floors_reference.json holds the floors of three token caches as computed at commit
+    484911f, when counting kept a sorted table of every order's k-grams (np.unique per order): the
+    windowed counting reproduces every metric and tuned smoothing of them to 1e-9."""
+    cfg = compose_config(REAL_TEXT[name].values[0])
+    tokenizer, splits = load_splits(cfg.data, cfg.tokenizer)
+    floors = compute_floors(splits, tokenizer.vocab_size)
+    assert floors["floor"] == REFERENCE[name]["floor"]
+    for key, entry in REFERENCE[name].items():
+        if isinstance(entry, dict):
+            assert floors[key].keys() == entry.keys()
+            for field, value in entry.items():
+                assert np.asarray(floors[key][field]) == pytest.approx(np.asarray(value), rel=0, abs=1e-9), (key, field)
+
+
+def test_the_floors_hold_under_24_bytes_per_training_token(capsys):
+    # 4M tokens: where a table of every order's k-grams (np.unique per order) peaked at ~120 bytes a token.
+    result = floors_cost.main(["--tokens", "4000000", "--eval-tokens", "10000"])
+    assert result["traced_bytes_per_token"] <= 24, result
+    p = 1 / np.arange(1, 8193)
+    p /= p.sum()
+    assert result["test_loss"] == pytest.approx(-(p * np.log(p)).sum(), abs=0.01)  # independent draws: the Zipf entropy
+    out = capsys.readouterr().out
+    assert "4,000,000 training tokens" in out and f"{result['traced_bytes_per_token']:.1f} bytes/token" in out

@@ -23,24 +23,24 @@ report the same metrics (lmlab.metrics). A split's first tokens have fewer than 
 before them: target j (j < n - 1) is scored as if its longer histories were unseen, i.e. by the
 level-(j + 1) distribution the model interpolates, given the j tokens there are.
 
-Counts are sorted numpy arrays, looked up with searchsorted; no Python loop runs over tokens. A
-k-gram's code is (index of its first k - 1 tokens among the distinct (k-1)-grams) x V + its last
-token: exact (no hash collisions) and under 2^63 for any order while V x (training tokens) is,
-where packing k tokens of 16 bits would not fit order 5 into an int64. Computed once per token
-cache (the data package never imports the model) and stored beside the cache as floors.json.
+The counts come from lmlab/data/ngrams.py, which sorts the training positions once per order
+and keeps no table of the training k-grams: only the counts at validation's and test's targets
+and the counts of counts, in about 7 bytes per training token (no Python loop runs over tokens).
+Computed once per token cache (the data package never imports the model) and stored beside the
+cache as floors.json.
 """
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
+from threadpoolctl import threadpool_limits
 
 from lmlab.atomic import file_lock, write_text
+from lmlab.data.ngrams import BUCKETS, MAX_ORDER, NgramCounts, Targets, count_ngrams
 from lmlab.data.tokens import Split, cache_dir
 from lmlab.metrics import EvalResult
 
@@ -48,102 +48,11 @@ log = logging.getLogger(__name__)
 FLOORS_FILE = "floors.json"
 FLOORS_VERSION = 2  # bump when the estimators change: a cached floors.json of another version is recomputed
 KN_ORDERS = (3, 4, 5)
-MAX_ORDER = max(KN_ORDERS)
-BUCKETS = 3  # count buckets with their own discount: 1, 2, 3+
-
-
-@dataclass
-class Level:
-    """What level k of a Kneser-Ney model needs at each target: the count of the k-gram ending
-    there (its last k - 1 tokens of history, then the target), and of its history h."""
-    count: np.ndarray  # c(h w) of the target w (0: unseen)
-    total: np.ndarray  # sum over w' of c(h w') (0: h never seen with a follower)
-    types: np.ndarray  # (3, targets): how many distinct w' follow h with count 1, 2, 3+
-
-    @cached_property
-    def linear(self) -> tuple[np.ndarray, ...]:
-        """The level as p_k = count_share - D @ buckets + (D @ types_share + unseen) x p_(k-1) in its
-        discounts D (3,): precomputed once, since tuning evaluates it hundreds of times."""
-        share = np.divide(1.0, self.total, out=np.zeros(len(self.total)), where=self.total > 0)
-        buckets = np.minimum(self.count, BUCKETS)
-        return (self.count * share, np.stack([(buckets == b) * share for b in range(1, BUCKETS + 1)]),
-                self.types * share, (self.total == 0).astype(float))
-
-
-@dataclass
-class Targets:
-    """Every token of a stream after the first (`next`), with its k-gram counts at each level k:
-    `raw[k - 1]` from raw counts, `continuation[k - 1]` from continuation counts (k < MAX_ORDER)."""
-    next: np.ndarray
-    raw: list[Level]
-    continuation: list[Level]
-    vocab_size: int
-
-
-@dataclass
-class NgramCounts:
-    """The training split's k-grams for k = 1..MAX_ORDER: sorted distinct codes (index of the
-    (k-1)-gram among level k - 1's codes) x V + last token, with their raw counts and, below the
-    top, their continuation counts N1+(. g): the distinct (k+1)-grams that end in g."""
-    vocab_size: int
-    codes: list[np.ndarray]
-    raw: list[np.ndarray]
-    continuation: list[np.ndarray]
-
-    @classmethod
-    def of(cls, tokens: np.ndarray, vocab_size: int, max_order: int = MAX_ORDER) -> NgramCounts:
-        tokens = np.asarray(tokens, dtype=np.int64)
-        starts = np.zeros(len(tokens) + 1, dtype=np.int64)  # index of the k-gram starting at each position
-        codes, raw, continuation = [], [], []
-        for k in range(1, max_order + 1):
-            n = len(tokens) - k + 1
-            level, inverse, counts = np.unique(starts[:n] * vocab_size + tokens[k - 1:], return_inverse=True,
-                                               return_counts=True)
-            if k > 1:  # each k-gram type ends in one (k-1)-gram: the one starting a position later
-                suffix = np.empty(len(level), dtype=np.int64)
-                suffix[inverse] = starts[1:n + 1]
-                continuation.append(np.bincount(suffix, minlength=len(codes[-1])))
-            codes.append(level)
-            raw.append(counts)
-            starts = inverse
-        return cls(vocab_size, codes, raw, continuation)
-
-    def targets(self, tokens: np.ndarray) -> Targets:
-        """Look up every target of `tokens` (each token after the first) at every level."""
-        tokens = np.asarray(tokens, dtype=np.int64)
-        starts = np.zeros(len(tokens), dtype=np.int64)  # index of the k-gram starting at each position; -1: unseen
-        raw, continuation = [], []
-        for k, codes in enumerate(self.codes, 1):
-            history = starts[:max(len(tokens) - k + 1, 0)]
-            code = history * self.vocab_size + tokens[k - 1:]
-            at = np.minimum(np.searchsorted(codes, code), len(codes) - 1)
-            found = (history >= 0) & (codes[at] == code)
-            for counts, levels in ((self.raw, raw), (self.continuation, continuation)):
-                if k <= len(counts):
-                    levels.append(self._level(k, counts[k - 1], history, at, found, len(tokens) - 1))
-            starts = np.where(found, at, -1)
-        return Targets(tokens[1:], raw, continuation, self.vocab_size)
-
-    def _level(self, k: int, counts: np.ndarray, history: np.ndarray, at: np.ndarray, found: np.ndarray,
-               n_targets: int) -> Level:
-        """Level k at the k-grams starting at each position (history = their first k - 1 tokens'
-        index), aligned with the targets: target j ends the k-gram starting at j - k + 1."""
-        owner = self.codes[k - 1] // self.vocab_size  # the history of each k-gram type
-        n_histories = len(self.codes[k - 2]) if k > 1 else 1
-        buckets = np.minimum(counts, BUCKETS)
-        per_history = [np.bincount(owner, weights=counts, minlength=n_histories)]
-        per_history += [np.bincount(owner[buckets == b], minlength=n_histories) for b in range(1, BUCKETS + 1)]
-        seen = history >= 0
-        safe = np.where(seen, history, 0)
-        stats = [np.where(seen, s[safe], 0) for s in per_history]
-        columns = [np.where(found, counts[at], 0), *stats]
-        aligned = [np.concatenate([np.zeros(max(k - 2, 0)), c[max(2 - k, 0):]])[:n_targets] for c in columns]
-        return Level(aligned[0], aligned[1], np.stack(aligned[2:]))
 
 
 def unigram_probs(counts: NgramCounts, alpha: float) -> np.ndarray:
     """Add-alpha probability of every token of the vocabulary."""
-    c = np.bincount(counts.codes[0], weights=counts.raw[0], minlength=counts.vocab_size)
+    c = counts.unigram
     return (c + alpha) / (c.sum() + alpha * counts.vocab_size)
 
 
@@ -202,8 +111,7 @@ def estimated_discounts(counts: NgramCounts, order: int) -> np.ndarray:
     tuning): Y = n1 / (n1 + 2 n2), D_c = c - (c + 1) Y n_(c+1) / n_c."""
     rows = []
     for k in range(1, order + 1):
-        level = _counts_at(counts, k, order)
-        n = np.bincount(level[level <= 4], minlength=5)[1:].astype(float) + 1  # +1: never divide by 0
+        n = _counts_at(counts, k, order)[1:].astype(float) + 1  # +1: never divide by 0
         y = n[0] / (n[0] + 2 * n[1])
         rows.append([c - (c + 1) * y * n[c] / n[c - 1] for c in (1, 2, 3)])
     return np.clip(rows, *_bounds_of(order).T.reshape(2, order, BUCKETS))
@@ -221,7 +129,11 @@ def tune_kneser_ney(counts: NgramCounts, val: Targets, order: int) -> np.ndarray
         return loss, gradient.ravel()
 
     start = estimated_discounts(counts, order).ravel()
-    return minimize(objective, start, jac=True, method="L-BFGS-B", bounds=_bounds_of(order)).x.reshape(order, BUCKETS)
+    # L-BFGS-B's small solves and the gradient's (3, targets) products each wake every BLAS thread:
+    # on one thread tuning orders 2-5 took 1.8-2.0 s CPU against 4.2-4.6 (WikiText-2-mini at
+    # BPE-8192, two cores shared with other jobs), to the same bits.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return minimize(objective, start, jac=True, method="L-BFGS-B", bounds=_bounds_of(order)).x.reshape(order, BUCKETS)
 
 
 def _nll(probs: np.ndarray) -> float:
@@ -253,8 +165,8 @@ def compute_floors(splits: dict[str, Split], vocab_size: int) -> dict:
     its tuned smoothing and its order; `floor` names the one with the lowest test loss.
     Validation scores are a little flattering, the smoothing having been tuned there: they are
     for drawing beside validation curves; test is the number to compare."""
-    counts = NgramCounts.of(splits["train"].tokens, vocab_size)
-    targets = {name: counts.targets(splits[name].tokens) for name in ("validation", "test")}
+    counts, scored = count_ngrams(splits["train"].tokens, vocab_size, [splits[name].tokens for name in ("validation", "test")])
+    targets = dict(zip(("validation", "test"), scored))
     val = targets["validation"]
     # alpha is searched on a log scale: its useful values span orders of magnitude.
     alpha = 10 ** _tune(lambda x: _nll(unigram_probs(counts, 10 ** x)[val.next]), -4.0, 2.0)
