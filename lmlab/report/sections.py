@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from lmlab.report import references
 from lmlab.report.jobs import Job
 from lmlab.report.select import Arm
-from lmlab.report.stats import LEVEL, Comparison, Spread, compare, document_bootstrap, needs_more_seeds
+from lmlab.report.stats import (LEVEL, Comparison, Spread, aligned_documents, compare, document_bootstrap,
+                                needs_more_seeds)
 
 METRICS = {"test_loss": ("test nats/token", ".3f"), "test_word_ppl": ("test word ppl", ".1f"),
            "test_bpb": ("test bits/byte", ".4f")}
@@ -53,20 +54,25 @@ class Row:
     documents: tuple[float, float] | str | None = None  # the document bootstrap's interval, or why none
 
 
-def _doc_scores(members: list[Job]) -> list[tuple] | None:
-    """(seed, (doc_nll, doc_tokens)) of each done job; None where a done job has no scores file."""
+def _doc_scores(members: list[Job]) -> dict | None:
+    """seed -> test_scores.json's content, of each done job; None where a done job has no scores file."""
     done = [job for job in members if job.done and job.summary.get("test_loss") is not None]
     if not done or any(job.test_scores is None for job in done):
         return None
-    return [(job.seed, (job.test_scores["doc_nll"], job.test_scores["doc_tokens"])) for job in done]
+    return {job.seed: job.test_scores for job in done}
 
 
-def _bootstrap(arm: list[tuple], baseline: list[tuple], comparison: Comparison):
-    """The seed-and-document bootstrap, the seeds drawn as pairs where the paired t-test pairs them."""
-    if comparison.test == "paired t":
-        arm, baseline = sorted(arm), dict(baseline)
-        return document_bootstrap([s for _, s in arm], [baseline[seed] for seed, _ in arm], paired=True)
-    return document_bootstrap([s for _, s in arm], [s for _, s in baseline])
+def _documents_interval(arm: dict, baseline: dict, comparison: Comparison) -> tuple[float, float] | str:
+    """The interval over seeds and test documents, the seeds as pairs where the t-test pairs them
+    (the seeds both ran), the documents paired by their hashes."""
+    paired = comparison.test.startswith("paired t")
+    seeds = sorted(set(arm) & set(baseline)) if paired else None
+    runs = [arm[s] for s in seeds] + [baseline[s] for s in seeds] if paired else [*arm.values(), *baseline.values()]
+    documents = aligned_documents(runs)
+    if isinstance(documents, str):
+        return documents
+    k = len(seeds) if paired else len(arm)
+    return document_bootstrap(documents[:k], documents[k:], paired=paired)
 
 
 def compare_arms(arms: list[Arm], baseline: str) -> list[Row]:
@@ -80,7 +86,7 @@ def compare_arms(arms: list[Arm], baseline: str) -> list[Row]:
         if arm.name != baseline and row.test.n and base.n:
             row.comparison = compare(row.test, base)
             docs = _doc_scores(arm.chosen)
-            row.documents = _bootstrap(docs, base_docs, row.comparison) if docs and base_docs else None
+            row.documents = _documents_interval(docs, base_docs, row.comparison) if docs and base_docs else None
         rows.append(row)
     return rows
 
@@ -163,9 +169,9 @@ def explanation(baseline: str) -> list[str]:
     return [f"Baseline: `{baseline}`. Each cell is the mean ± the sample standard deviation over the arm's done "
             "seeds (one seed: no spread, shown as such). Δ is the arm's mean test loss minus the baseline's. Its "
             f"{LEVEL:.0%} interval over seeds comes from a paired t-test on the per-seed differences where the arm "
-            "and the baseline ran the same seeds, else from Welch's t-test (named in the cell); the interval over "
-            "seeds and test documents draws both again (the seeds as pairs where the t-test pairs them, the same "
-            "documents for both arms), so it covers training noise and the choice of test text together. Differs = Holm-adjusted p < 0.05 over all the arms of this "
+            "and the baseline ran the same seeds (the seeds both ran), else from Welch's t-test (named in the cell); "
+            "the interval over seeds and test documents adds the test documents' variance to the seeds' (the "
+            "documents paired by their text), so it covers training noise and the choice of test text together. Differs = Holm-adjusted p < 0.05 over all the arms of this "
             "report. Below the floor = the strongest reference's test loss minus the arm's; beats = the "
             "highest-order n-gram reference whose test loss is above the arm's mean.", ""]
 
