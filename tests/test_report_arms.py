@@ -85,3 +85,17 @@ def test_no_scaling_fit_across_tokenizers(tmp_path):
     report = write_report(tmp_path).read_text()
     assert "No fit: the jobs' nats/token are measured in several corpora or tokenizers" in report
     assert "L(N) =" not in report
+
+
+def test_runs_whose_test_split_was_carved_otherwise_are_never_compared(tmp_path):
+    """Same corpus folder and tokenizer, another split seed: other test articles, another section."""
+    for num, (split_seed, loss) in enumerate([(0, 4.0), (0, 4.1), (1, 3.0), (1, 3.1)]):
+        job = _job(tmp_path, num, [f"train.seed={num % 2}", f"data.split_seed={split_seed}"],
+                   _done(60.0, math.exp(loss)), [6.0, loss])
+        config = {"data": {"name": "wikitext2", "local_dir": "/data/raw", "pool": True, "holdout": 12,
+                           "split_seed": split_seed}, "tokenizer": {"kind": "bpe", "vocab_size": 1024}}
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    sections = write_report(tmp_path).read_text().split("## Arms against the baseline and the floor")[1:]
+    assert [section.splitlines()[0] for section in sections] == [
+        f": data wikitext2 (/data/raw, pool=True, holdout=12, split_seed={seed}), tokenizer bpe 1024"
+        for seed in (0, 1)]

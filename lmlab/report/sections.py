@@ -171,20 +171,26 @@ def explanation(baseline: str) -> list[str]:
             f"{LEVEL:.0%} interval over seeds comes from a paired t-test on the per-seed differences where the arm "
             "and the baseline ran the same seeds (the seeds both ran), else from Welch's t-test (named in the cell); "
             "the interval over seeds and test documents adds the test documents' variance to the seeds' (the "
-            "documents paired by their text), so it covers training noise and the choice of test text together. Differs = Holm-adjusted p < 0.05 over all the arms of this "
+            "documents paired by their text), so it covers training noise and the choice of test text "
+            "together. Differs = Holm-adjusted p < 0.05 over all the arms of this "
             "report. Below the floor = the strongest reference's test loss minus the arm's; beats = the "
             "highest-order n-gram reference whose test loss is above the arm's mean.", ""]
 
 
 def lr_section(rows: list[Row]) -> list[str]:
-    """Each arm's LR grid: mean best validation loss (seeds) at each LR, the chosen one in bold."""
+    """Each arm's LR grid: mean best validation loss on the choice's seeds at each LR, the chosen one in bold."""
     lines = ["## Learning rate per arm", "",
-             "Each arm is reported at the LR with the lowest mean best validation loss over the seeds run there; "
-             "test plays no part in the choice.", "",
+             "Each arm is reported at the LR with the lowest mean best validation loss over the seeds every scored "
+             "LR of the arm ran (stage 1's: seeds added at the chosen LR do not move the choice); test plays no "
+             "part in it. A diverged LR counts as tried: the grid is not extended towards it.", "",
              "| arm | mean best validation loss at each LR (seeds) | chosen LR | note |", "|---|---|---:|---|"]
     for row in rows:
-        grid = ", ".join((f"**{p.lr}: {p.val.mean:.4f}**" if p.lr == row.arm.lr else f"{p.lr}: {p.val.mean:.4f}")
-                         + f" ({p.val.n})" if p.val.n else f"{p.lr}: - (0)" for p in row.arm.grid)
-        note = "best at the grid's edge: extend the grid" if row.arm.at_edge else ""
-        lines.append(f"| {cell(row.arm.name)} | {grid} | {row.arm.lr or '-'} | {note} |")
+        arm = row.arm
+        grid = ", ".join(f"{p.lr}: diverged" if p.diverged else f"{p.lr}: - (0)" if not p.val.n else
+                         (f"**{p.lr}: {p.mean_on(arm.choice_seeds):.4f}**" if p.lr == arm.lr
+                          else f"{p.lr}: {p.mean_on(arm.choice_seeds):.4f}")
+                         + f" ({sum(seed in arm.choice_seeds for seed in p.val.seeds)})"
+                         for p in arm.grid)
+        note = "best at the grid's edge: extend the grid" if arm.at_edge else ""
+        lines.append(f"| {cell(arm.name)} | {grid} | {arm.lr or '-'} | {note} |")
     return lines + [""]
