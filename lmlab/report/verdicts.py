@@ -82,7 +82,8 @@ def claims_section(analysis: Analysis, rows: list[Row], baseline: str) -> list[s
              f"arms ran, Holm over the claims. Undecided rows: the smallest effect the design detects with "
              f"{analysis.power:.0%} power, and the seeds per arm that would decide at δ.", "",
              "| claim | arm vs | metric | effect (blocked model) | simultaneous CI | p (Holm) | paired t [95% CI] "
-             "(Holm) | verdict | detectable effect | seeds needed at δ |", "|---|---|---|---:|---:|---|---|---|---:|---:|"]
+             "(Holm) | verdict | detectable effect | seeds needed at δ |",
+             "|---|---|---|---:|---:|---|---|---|---:|---:|"]
     for i, d in enumerate(decisions):
         c, claim = d.contrast, d.claim
         t = paired[i]

@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead of a report: from a pilot (stage 1 and the baseline over several seeds), print "
                              "(and write to DIR/stage2.sh) one command per arm that runs the seeds its declared claims "
                              "need to be decided at the margin with the declared power")
-    parser.add_argument("--max-seeds", type=int, default=10, help="with --plan: the most seeds an arm gets (default 10)")
+    parser.add_argument("--max-seeds", type=int, default=10,
+                        help="with --plan: the most seeds an arm gets (default 10)")
     parser.add_argument("--wandb", action="store_true",
                         help="also save a W&B report comparing the arms (online; pip install -e '.[wandb-views]')")
     args = parser.parse_args(argv)
