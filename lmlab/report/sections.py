@@ -51,7 +51,7 @@ class Row:
     arm: Arm
     test: Spread
     comparison: Comparison | None = None  # None for the baseline, or where either has no done seed
-    documents: tuple[float, float] | str | None = None  # the document bootstrap's interval, or why none
+    documents: tuple[float, float] | str | None = None  # the interval over seeds and documents, or why none
 
 
 def _doc_scores(members: list[Job]) -> dict | None:
