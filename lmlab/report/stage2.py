@@ -59,11 +59,12 @@ def stage2_commands(root: Path, seeds: list[str] | dict[str, list[str]]) -> list
     return lines
 
 
-def write_stage2(root: Path, seeds: list[str] | dict[str, list[str]], how: str) -> Path:
-    """Print-ready lines in ROOT/stage2.sh (executable), `how` they were asked for in its header;
-    returns its path."""
+def write_stage2(root: Path, seeds: list[str] | dict[str, list[str]], how: str, notes: list[str] = ()) -> Path:
+    """Print-ready lines in ROOT/stage2.sh (executable), `how` they were asked for and `notes` in
+    its header; returns its path."""
     path = Path(root) / "stage2.sh"
     path.write_text(f"#!/bin/sh\n# Stage 2: more seeds of each arm at the LR its stage-1 grid chose ({how}).\n"
-                    "set -e\n" + "\n".join(stage2_commands(root, seeds)) + "\n")
+                    + "".join(f"# {note}\n" for note in notes)
+                    + "set -e\n" + "\n".join(stage2_commands(root, seeds)) + "\n")
     path.chmod(0o755)
     return path

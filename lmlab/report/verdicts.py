@@ -114,11 +114,13 @@ def declared(rows: list[Row]) -> Analysis | None:
     return next((Analysis.declared(job.config.get("rootcause")) for job in rows[0].arm.chosen if job.config), None)
 
 
-def plan(groups: list[tuple[str, list[Row]]], max_seeds: int) -> dict[str, list[str]]:
+def plan(groups: list[tuple[str, list[Row]]], max_seeds: int) -> tuple[dict[str, list[str]], list[str]]:
     """Arm name -> the seeds it should have at its chosen LR for its claims to be decided at the
     margin with the declared power (the most any of its claims needs, capped at max_seeds; never
-    fewer than it ran), from a pilot: `groups` as write.comparisons gives them."""
+    fewer than it ran), from a pilot: `groups` as write.comparisons gives them; and a line per
+    claim the pilot cannot plan for, saying why."""
     seeds: dict[str, list[str]] = {}
+    notes = []
     for corpus, rows in groups:
         analysis = declared(rows)
         if analysis is None:
@@ -126,22 +128,26 @@ def plan(groups: list[tuple[str, list[Row]]], max_seeds: int) -> dict[str, list[
                              "nothing to plan")
         need = {row.arm.name: row.test.n for row in rows}
         for d in decide(analysis, rows, rows[0].arm.name):
-            n = _pilot_seeds(analysis, d, rows[0])
+            n = _pilot_seeds(analysis, d, rows[0]) if d.arm and d.against else f"{d.contrast}"
+            if isinstance(n, str):
+                notes.append(f"{d.claim.claim}: not planned: {n}")
+                continue
             for row in (d.arm, d.against):
-                if row is not None and n != 0:
+                if n != 0:
                     need[row.arm.name] = max(need[row.arm.name], min(n or max_seeds, max_seeds))
         seeds.update({name: [str(NEW_SEEDS_FROM + i) for i in range(n)] for name, n in need.items()})
-    return seeds
+    return seeds, notes
 
 
-def _pilot_seeds(analysis: Analysis, d: Decision, baseline: Row) -> int | None:
-    """Seeds per arm for one claim: from the blocked model where it has a residual variance, else
-    from the pilot's baseline spread over seeds (a difference of two runs: sqrt(2) x it)."""
+def _pilot_seeds(analysis: Analysis, d: Decision, baseline: Row) -> int | None | str:
+    """Seeds per arm for one claim (0: decided; None: more than analysis.MAX_SEEDS): from the
+    blocked model where it has a residual variance, else from the pilot's baseline spread over
+    seeds (a difference of two runs: sqrt(2) x it); or why neither is there."""
     if isinstance(d.contrast, Contrast):
         return 0 if d.verdict != "cannot tell" else d.seeds
     values = [job.summary[d.claim.metric] for job in baseline.arm.chosen
               if job.done and job.summary.get(d.claim.metric) is not None]
-    if len(values) < 2:
-        raise ValueError(f"no spread for {d.claim.metric}: the pilot needs the baseline over several seeds")
+    if len(values) < 2 or statistics.stdev(values) == 0:
+        return f"no spread of {d.claim.metric} over the baseline's seeds (the pilot needs it over several)"
     sd = math.sqrt(2) * statistics.stdev(values)
     return seeds_needed(analysis, d.claim, Contrast(0.0, sd, 1.0, 1))

@@ -142,10 +142,10 @@ def write_plan(root: Path, max_seeds: int, baseline: str | None = None) -> Path:
     jobs = find_jobs(Path(root))
     if not jobs:
         raise FileNotFoundError(f"no job dirs (summary.json or .hydra/overrides.yaml) under {root}")
-    seeds = plan(comparisons(jobs, swept_keys(jobs), baseline), max_seeds)
+    seeds, notes = plan(comparisons(jobs, swept_keys(jobs), baseline), max_seeds)
     counts = ", ".join(f"{arm} {len(s)}" for arm, s in seeds.items())
     return write_stage2(root, seeds, f"--plan --max-seeds {max_seeds}: seeds per arm fixed before stage 2 runs: "
-                        + counts)
+                        + counts, notes)
 
 
 def main(argv: list[str] | None = None) -> int:
