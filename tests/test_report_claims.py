@@ -106,6 +106,9 @@ def test_the_report_decides_each_declared_claim(tmp_path):
     assert float(rows["size helps"].split(" | ")[8]) > 0.02 and int(rows["size helps"].split(" | ")[9].rstrip(" |")) > 5
     assert rows["warmup helps"].endswith("| - | - |")
     assert "4 claims, the only family counted; margin δ = 0.02" in report
+    # The arms table is no second family: its p-values stay unadjusted.
+    arms_table = report.split("## The declared analysis")[0]
+    assert "| differs? (p < 0.05, unadjusted) |" in arms_table and "Holm 0" not in arms_table
 
 
 def test_plan_writes_stage2_with_the_seeds_each_claim_needs(tmp_path, capsys):

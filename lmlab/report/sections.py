@@ -97,8 +97,9 @@ def _common_cell(members: list[Job]) -> str:
     return text + (f" (T={windows.pop()})" if len(windows) == 1 and text != "-" else "")
 
 
-def arms_section(rows: list[Row], floors: dict | None) -> list[str]:
-    """The table of arms against the baseline (rows[0]) and the references, then what it says."""
+def arms_section(rows: list[Row], floors: dict | None, declared: bool = False) -> list[str]:
+    """The table of arms against the baseline (rows[0]) and the references, then what it says;
+    `declared`: a declared analysis decides, and the table's p-values are not adjusted."""
     chosen = [job for row in rows for job in row.arm.chosen]
     lr_grid = any(row.arm.grid for row in rows)
     common = any(job.summary.get("test_common_loss") is not None for job in chosen)
@@ -109,7 +110,8 @@ def arms_section(rows: list[Row], floors: dict | None) -> list[str]:
                + [("test nats/token on common windows", "---:")] * common + [("training FLOPs", "---:")] * flops
                + [(f"Δ nats/token vs baseline [{LEVEL:.0%} CI over seeds]", "---:")]
                + [(f"Δ [{LEVEL:.0%} CI over seeds and test documents]", "---:")] * documents
-               + [("differs? (after Holm)", "---"), ("below the floor by (nats/token)", "---:")]
+               + [("differs? (p < 0.05, unadjusted)" if declared else "differs? (after Holm)", "---"),
+                  ("below the floor by (nats/token)", "---:")]
                + [("beats on test (highest order)", "---")] * bool(floors))
     lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "|".join(a for _, a in columns) + "|"]
     base = rows[0].test
@@ -165,15 +167,17 @@ def _verdicts(rows: list[Row], floors: dict | None) -> list[str]:
     return lines
 
 
-def explanation(baseline: str) -> list[str]:
+def explanation(baseline: str, declared: bool = False) -> list[str]:
     return [f"Baseline: `{baseline}`. Each cell is the mean ± the sample standard deviation over the arm's done "
             "seeds (one seed: no spread, shown as such). Δ is the arm's mean test loss minus the baseline's. Its "
             f"{LEVEL:.0%} interval over seeds comes from a paired t-test on the per-seed differences where the arm "
             "and the baseline ran the same seeds (the seeds both ran), else from Welch's t-test (named in the cell); "
             "the interval over seeds and test documents adds the test documents' variance to the seeds' (the "
             "documents paired by their text), so it covers training noise and the choice of test text "
-            "together. Differs = Holm-adjusted p < 0.05 over all the arms of this "
-            "report. Below the floor = the strongest reference's test loss minus the arm's; beats = the "
+            "together. "
+            + ("Differs = p < 0.05, unadjusted: the declared analysis below decides, its claims the only family. "
+               if declared else "Differs = Holm-adjusted p < 0.05 over all the arms of this report. ")
+            + "Below the floor = the strongest reference's test loss minus the arm's; beats = the "
             "highest-order n-gram reference whose test loss is above the arm's mean.", ""]
 
 

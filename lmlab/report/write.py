@@ -76,7 +76,8 @@ def comparisons(jobs: list[Job], keys: list[str], baseline: str | None) -> list[
         base = baseline_arm(named, keys, baseline if baseline in named else None)
         groups.append((corpus, compare_arms([choose(name, members, LR_KEY in keys) for name, members in named.items()],
                                             base)))
-    after_holm([row.comparison for _, rows in groups for row in rows if row.comparison])
+    # A declared analysis is its own family (its claims): those arms' p-values stay unadjusted here.
+    after_holm([row.comparison for _, rows in groups if declared(rows) is None for row in rows if row.comparison])
     return groups
 
 
@@ -109,8 +110,9 @@ def write_report(root: Path, out: Path | None = None, baseline: str | None = Non
         chosen += members
         floors = shared_floors(members)
         lines += ["", "## Arms against the baseline and the floor" + (f": {corpus}" if len(groups) > 1 else ""), ""]
-        lines += explanation(rows[0].arm.name) + arms_section(rows, floors)
-        if (analysis := declared(rows)) is not None:
+        analysis = declared(rows)
+        lines += explanation(rows[0].arm.name, analysis is not None) + arms_section(rows, floors, analysis is not None)
+        if analysis is not None:
             lines += claims_section(analysis, rows, rows[0].arm.name)
         lines += lr_section(rows) if any(row.arm.grid for row in rows) else []
         png.append(plots.plot_arms({row.arm.name: row.test.values for row in rows}, rows[0].arm.name, out, floors,
