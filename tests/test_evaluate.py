@@ -56,7 +56,8 @@ def test_three_perplexities_equal_a_direct_computation():
     assert result.word_ppl == pytest.approx(math.exp(nll / 20), rel=1e-5)
     assert result.bpb == pytest.approx(nll / (math.log(2) * 90), rel=1e-5)
     assert result.metrics("test") == {"test_loss": result.loss, "test_ppl": result.ppl,
-                                      "test_word_ppl": result.word_ppl, "test_bpb": result.bpb}
+                                      "test_word_ppl": result.word_ppl, "test_bpb": result.bpb,
+                                      "test_eos_logp": -result.eos_nll / result.eos_tokens}
 
 
 def test_part_of_a_split_reports_no_word_ppl_or_bpb():

@@ -7,7 +7,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from lmlab.report.analysis import Analysis, Claim, Contrast, contrast, fit, seeds_needed, verdict
+from lmlab.report.analysis import MAX_SEEDS, Analysis, Claim, Contrast, contrast, fit, seeds_needed, verdict
 from lmlab.report.sections import Row, cell, spread
 from lmlab.report.stats import compare, holm
 
@@ -62,51 +62,55 @@ def decide(analysis: Analysis, rows: list[Row], baseline: str) -> list[Decision]
 
 
 def claims_section(analysis: Analysis, rows: list[Row], baseline: str) -> list[str]:
+    """The declared analysis, said in words, and a row per claim."""
     decisions = decide(analysis, rows, baseline)
     tested = [d for d in decisions if isinstance(d.contrast, Contrast)]
     adjusted = dict(zip(map(id, tested), holm([d.contrast.p() for d in tested])))
     paired = [_paired(d) for d in decisions]
-    paired_holm = dict(zip([i for i, c in enumerate(paired) if c and c.p is not None],
-                           holm([c.p for c in paired if c and c.p is not None])))
-    m, level = len(analysis.claims), analysis.level
-    groups = "; ".join(f"{g}: {', '.join(arms)}" for g, arms in analysis.groups.items()) or "none"
-    lines = ["## The declared analysis", "",
-             f"Declared in the sweep's config before any run (`rootcause.analysis`): {m} claims, the only family "
-             f"counted; margin δ = {analysis.margin:g} (a claim's own where it gives one). Deciding analysis, per "
-             "metric: one linear model of every arm's runs at its chosen LR, value ~ arm + seed (the seed a block), "
-             f"residual variance per variance group (other than the baseline's shape: {groups}), weighted least "
-             f"squares (statsmodels). Intervals: simultaneous at {level:.0%} over the {m} claims (each at "
-             f"1 - {1 - level:g}/{m}: one that leaves out 0 is a rejection by Holm's procedure too). Verdict: "
-             "supported (the interval beyond 0 the claimed way), contradicted (beyond 0 the other way), not "
-             "supported (inside ±δ: two one-sided tests), cannot tell. Beside it, the paired t on the seeds both "
-             f"arms ran, Holm over the claims. Undecided rows: the smallest effect the design detects with "
-             f"{analysis.power:.0%} power, and the seeds per arm that would decide at δ.", "",
-             "| claim | arm vs | metric | effect (blocked model) | simultaneous CI | p (Holm) | paired t [95% CI] "
-             "(Holm) | verdict | detectable effect | seeds needed at δ |",
-             "|---|---|---|---:|---:|---|---|---|---:|---:|"]
+    with_p = [i for i, c in enumerate(paired) if c is not None and c.p is not None]
+    paired_holm = dict(zip(with_p, holm([paired[i].p for i in with_p])))
+    lines = _explanation(analysis) + [
+        "| claim | arm vs | metric | effect (blocked model) | simultaneous CI | p (Holm) | paired t [95% CI] (Holm) "
+        "| verdict | detectable effect | seeds needed at δ |", "|---|---|---|---:|---:|---|---|---|---:|---:|"]
     for i, d in enumerate(decisions):
-        c, claim = d.contrast, d.claim
         t = paired[i]
         t_cell = "-" if t is None else (f"{t.diff:+.3f} [{t.low:+.3f}, {t.high:+.3f}] (p {t.p:.2g}, Holm "
                                         f"{paired_holm[i]:.2g})" if t.low is not None else cell(t.verdict))
-        if isinstance(c, Contrast):
-            effect, interval = f"{c.effect:+.4f}", f"[{d.low:+.4f}, {d.high:+.4f}]"
-            p = f"{c.p():.2g} ({adjusted[id(d)]:.2g})"
-            undecided = d.verdict == "cannot tell"
-            mde = f"{analysis.detectable(c.se, c.df):.4f}" if undecided else "-"
-            seeds = ("-" if not undecided else f"more than 1000" if d.seeds is None else str(d.seeds))
+        if isinstance(d.contrast, Contrast):
+            c, undecided = d.contrast, d.verdict == "cannot tell"
+            cells = [f"{c.effect:+.4f}", f"[{d.low:+.4f}, {d.high:+.4f}]", f"{c.p():.2g} ({adjusted[id(d)]:.2g})",
+                     d.verdict, f"{analysis.detectable(c.se, c.df):.4f}" if undecided else "-",
+                     ("-" if not undecided else f"more than {MAX_SEEDS}" if d.seeds is None else str(d.seeds))]
         else:
-            effect, interval, p, mde, seeds = "-", "-", "-", "-", "-"
-        verdict_cell = d.verdict if isinstance(c, Contrast) else f"cannot tell: {c}"
+            cells = ["-", "-", "-", f"cannot tell: {d.contrast}", "-", "-"]
+        claim = d.claim
         lines.append(f"| {cell(claim.claim)} | `{claim.arm}` vs `{claim.against}` ({claim.direction}) | "
-                     f"{claim.metric} | {effect} | {interval} | {p} | {t_cell} | {verdict_cell} | {mde} | {seeds} |")
+                     f"{claim.metric} | " + " | ".join(cells[:3] + [t_cell] + cells[3:]) + " |")
     return lines + [""]
 
 
+def _explanation(analysis: Analysis) -> list[str]:
+    m, level = len(analysis.claims), analysis.level
+    groups = "".join(f"{group}: {', '.join(arms)}; " for group, arms in analysis.groups.items())
+    return ["## The declared analysis", "",
+            f"Declared in the sweep's config before any run (`rootcause.analysis`): {m} claims, the only family "
+            f"counted; margin δ = {analysis.margin:g} (a claim's own where it gives one). Deciding analysis, per "
+            "metric: one linear model of every arm's runs at its chosen LR, value ~ arm + seed (the seed a block), "
+            f"with a residual variance per variance group ({groups}every other arm: one group), weighted least "
+            f"squares (statsmodels). Intervals: simultaneous at {level:.0%} over the {m} claims (each at "
+            f"1 - {1 - level:g}/{m}: one that leaves out 0 is a rejection by Holm's procedure too). Verdict: "
+            "supported (the interval beyond 0 the claimed way), contradicted (beyond 0 the other way), not "
+            "supported (inside ±δ: two one-sided tests), cannot tell. Beside it, the paired t on the seeds both "
+            f"arms ran, Holm over the claims. Undecided rows: the smallest effect the design detects with "
+            f"{analysis.power:.0%} power, and the seeds per arm that would decide at δ.", ""]
+
+
 def _paired(d: Decision):
+    """The claim's paired t (or Welch) alone, on its metric; None where an arm or the metric is missing."""
     if d.arm is None or d.against is None:
         return None
-    return compare(spread(d.arm.arm.chosen, d.claim.metric), spread(d.against.arm.chosen, d.claim.metric))
+    arm, against = spread(d.arm.arm.chosen, d.claim.metric), spread(d.against.arm.chosen, d.claim.metric)
+    return compare(arm, against) if arm.n and against.n else None
 
 
 def declared(rows: list[Row]) -> Analysis | None:
