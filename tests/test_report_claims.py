@@ -127,3 +127,17 @@ def test_plan_writes_stage2_with_the_seeds_each_claim_needs(tmp_path, capsys):
     assert " train.seed=3,4,5,6,7,8 " in commands["baseline"]
     assert main([str(tmp_path), "--plan", "--max-seeds", "5"]) == 0  # capped
     assert " train.seed=1,2,3,4 " in capsys.readouterr().out.split("+variant=warmup")[1].splitlines()[0]
+
+
+def test_the_rootcause_sweep_declares_claims_on_its_own_arms_and_the_runs_metrics():
+    from omegaconf import OmegaConf
+
+    from tests.conftest import REPO, compose_config
+
+    cfg = compose_config(["sweep=rootcause", "scale=cpu"])
+    analysis = Analysis.declared(OmegaConf.to_container(cfg.rootcause))
+    arms = {path.stem for path in (REPO / "sweeps" / "variant").glob("*.yaml")}
+    assert {claim.arm for claim in analysis.claims} | {claim.against for claim in analysis.claims} <= arms
+    assert {claim.metric for claim in analysis.claims} == {"test_loss", "test_common_loss", "test_eos_logp",
+                                                          "sample_repeated_4grams"}
+    assert analysis.margin == 0.02 and set(analysis.groups["other_shape"]) <= arms
