@@ -38,7 +38,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     from lmlab.data import load_splits
     from lmlab.data.floors import load_floors
     from lmlab.errors import Preempted
-    from lmlab.generate import eval_sampler
+    from lmlab.generate import eval_sampler, last_samples_quality
     from lmlab.model import GPT
     from lmlab.step import resolve_device
     from lmlab.tracking import NoRecords, Pruned, Tracker, trial_reporter
@@ -77,7 +77,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         with distributed.lost_processes_reported(cfg.train.dist_timeout_s, run_dir):
             summary = train(cfg, model, tokenizer, splits, tracker, run_dir, config, resume=resume, launched=LAUNCHED,
                             on_eval=on_eval, ranks=ranks)
-        summary.update(processes=ranks.world, threads=threads, floors=floors, bugs=bugs)
+        summary.update(processes=ranks.world, threads=threads, floors=floors, bugs=bugs,
+                       **last_samples_quality(run_dir))
         tracker.write_summary(summary)  # before close: it also fills the W&B run's summary
     except Pruned as e:  # the Optuna study's pruner stopped this trial: a result, not a failure
         tracker.write_summary({"status": "pruned", "reason": str(e), **e.progress, **derived, "floors": floors,

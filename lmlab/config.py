@@ -160,6 +160,11 @@ class RootcauseConfig:
     # The baseline's training FLOPs (lmlab.flops: its FLOPs per token x train.max_tokens), the
     # budget of the equal-compute arms (size_compute, ratio_compute): model=small at scale=seed.
     max_flops: float = 1.16253523968e15
+    # The analysis, fixed before any run (sweeps/rootcause.yaml declares it; the report applies it,
+    # lmlab/report/analysis.py): an effect inside +-margin (nats/token) is none for the study, and
+    # `analysis` holds the claims, the variance groups, the level and the power.
+    margin: float = 0.02
+    analysis: Any = None
 
 
 @dataclass

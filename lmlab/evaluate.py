@@ -11,6 +11,7 @@ dropout on, as the seed's evaluation did (bugs.eval_in_train_mode), with no trai
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import tempfile
@@ -40,12 +41,32 @@ class SplitScores(EvalResult):
     doc_tokens: list[int] = field(default_factory=list)
     position_nll: list[float] = field(default_factory=list)  # index t: targets at window position t + 1
     position_tokens: list[int] = field(default_factory=list)
+    doc_hash: list[str] = field(default_factory=list)  # each document's identity: a hash of its token ids
+    eos_nll: float = 0.0  # summed over the scored EOS targets: the documents' ends
+    eos_tokens: int = 0
+
+    def metrics(self, prefix: str) -> dict:
+        """EvalResult's, and the mean log P(EOS) where a document ends (None where no end was scored):
+        the model's readiness to stop, the seed's "never stops" symptom."""
+        eos_logp = -self.eos_nll / self.eos_tokens if self.eos_tokens else None
+        return {**super().metrics(prefix), f"{prefix}_eos_logp": eos_logp}
 
     def scores(self) -> dict:
         """test_scores.json's fields for these windows (a position never scored has loss None)."""
         return {"window": len(self.position_nll), "doc_nll": self.doc_nll, "doc_tokens": self.doc_tokens,
+                "doc_hash": self.doc_hash,
                 "position_loss": [nll / n if n else None for nll, n in zip(self.position_nll, self.position_tokens)],
                 "position_tokens": self.position_tokens}
+
+
+def document_hashes(tokens: np.ndarray, eos_id: int) -> list[str]:
+    """A short hash of each document's token ids, its ending EOS included (the last one may have
+    none), in stream order: the report pairs documents across runs by it, and never compares runs
+    scored on other text."""
+    array = np.asarray(tokens, dtype=np.int64)
+    ends = list(np.flatnonzero(array == eos_id) + 1) + ([len(array)] if len(array) and array[-1] != eos_id else [])
+    return [hashlib.blake2b(array[start:end].tobytes(), digest_size=8).hexdigest()
+            for start, end in zip([0, *ends[:-1]], ends)]
 
 
 def eval_rows(n_tokens: int, window: int, stride: int | None) -> np.ndarray:
@@ -68,12 +89,12 @@ def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int
     eos_at = np.flatnonzero(np.asarray(split.tokens) == eos_id)
     n_docs = len(eos_at) + int(len(split.tokens) > 0 and split.tokens[-1] != eos_id)
     width = int((rows[:, 1] - rows[:, 0]).max()) - 1 if len(rows) else 0
-    # Slots: in all | per document, then one for unscored targets | per window position. The NLL
-    # is summed on the device, the targets are counted on the host from the rows alone; one
-    # all-reduce adds up the ranks' shares, and the sums are read once at the end.
-    nll_sums = torch.zeros(1 + n_docs + 1 + width, dtype=torch.float64, device=device)
+    # Slots: in all | at EOS targets | per document, then one for unscored targets | per window
+    # position. The NLL is summed on the device, the targets are counted on the host from the rows
+    # alone; one all-reduce adds up the ranks' shares, and the sums are read once at the end.
+    nll_sums = torch.zeros(2 + n_docs + 1 + width, dtype=torch.float64, device=device)
     counts = np.zeros(len(nll_sums))
-    doc_slots, position_slots = slice(1, n_docs + 2), slice(n_docs + 2, None)
+    doc_slots, position_slots = slice(2, n_docs + 3), slice(n_docs + 3, None)
     try:
         all_starts = range(0, len(rows), batch_size)
         starts = list(all_starts)[:max_batches]
@@ -93,8 +114,11 @@ def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int
                 with context():
                     nll = batch_loss(model, batch, device, reduction="none").view(scored.shape).double()
                 nll_sums[0] += nll.sum()
-                docs_on_device = to_device({"docs": torch.from_numpy(docs)}, device)["docs"]  # pinned, no wait
-                nll_sums[doc_slots].index_add_(0, docs_on_device.flatten(), nll.flatten())
+                ends = scored & (batch["y"].numpy() == eos_id)
+                on_device = to_device({"docs": torch.from_numpy(docs), "ends": torch.from_numpy(ends)}, device)
+                nll_sums[doc_slots].index_add_(0, on_device["docs"].flatten(), nll.flatten())
+                nll_sums[1] += (nll * on_device["ends"]).sum()
+                counts[1] += ends.sum()
                 nll_sums[position_slots][:scored.shape[1]] += nll.sum(0)
                 counts[doc_slots] += np.bincount(docs.ravel(), minlength=n_docs + 1)
                 counts[position_slots][:scored.shape[1]] += scored.sum(0)
@@ -103,10 +127,11 @@ def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int
         totals = all_reduce_sum(torch.stack([nll_sums, torch.from_numpy(counts).to(device)])).tolist()
     finally:
         model.train(was_training)
-    (nll, *doc_nll), (n_tokens, *doc_tokens) = (t[:n_docs + 1] for t in totals)
+    (nll, eos_nll, *doc_nll), (n_tokens, eos_tokens, *doc_tokens) = (t[:n_docs + 2] for t in totals)
     positions = [t[position_slots] for t in totals]
     return SplitScores(nll, int(n_tokens), split.n_words if whole else None, split.n_bytes if whole else None,
-                       doc_nll, [int(n) for n in doc_tokens], positions[0], [int(n) for n in positions[1]])
+                       doc_nll, [int(n) for n in doc_tokens], positions[0], [int(n) for n in positions[1]],
+                       document_hashes(split.tokens, eos_id), eos_nll, int(eos_tokens))
 
 
 def score_split(evaluate_rows: Callable[[np.ndarray], SplitScores], n_tokens: int, window: int, eval_cfg,

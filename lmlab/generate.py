@@ -23,6 +23,7 @@ from omegaconf import MISSING
 from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.cli import parse_key_values
+from lmlab.metrics import REPEAT_N, repeated_ngram_share
 
 # Samples at evaluation are short and seeded the same each time, so successive ones differ only
 # through the weights and barely add to evaluation time.
@@ -133,15 +134,24 @@ def eval_sampler(cfg, tokenizer, tracker, run_dir: Path):
 
     def on_eval(model, state) -> None:
         generator = torch.Generator().manual_seed(seed)
-        rows = [[state.step, state.tokens, prompt,
-                 sample(model, tokenizer, prompt, n_tokens, EVAL_TEMPERATURE, EVAL_TOP_K, EVAL_TOP_P, generator).text]
-                for prompt in prompts]
-        columns = ["step", "tokens", "prompt", "text"]
+        samples = [sample(model, tokenizer, prompt, n_tokens, EVAL_TEMPERATURE, EVAL_TOP_K, EVAL_TOP_P, generator)
+                   for prompt in prompts]
+        rows = [[state.step, state.tokens, s.prompt, s.text, repeated_ngram_share(s.tokens)] for s in samples]
+        columns = ["step", "tokens", "prompt", "text", f"repeated_{REPEAT_N}grams"]
         with open(run_dir / "samples.jsonl", "a", encoding="utf-8") as f:
             f.writelines(json.dumps(dict(zip(columns, row))) + "\n" for row in rows)
         tracker.log_table("samples", columns, rows)
 
     return on_eval
+
+
+def last_samples_quality(run_dir: Path) -> dict:
+    """summary.json's `sample_repeated_4grams`: the mean repeated 4-gram share of the samples of
+    the last evaluation in run_dir/samples.jsonl (None without samples): "incoherent text" measured."""
+    path, key = run_dir / "samples.jsonl", f"repeated_{REPEAT_N}grams"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+    last = [row[key] for row in rows if row["step"] == rows[-1]["step"] and row.get(key) is not None]
+    return {f"sample_{key}": sum(last) / len(last) if last else None}
 
 
 def parse_args(argv: list[str]) -> GenerateConfig:

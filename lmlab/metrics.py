@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+REPEAT_N = 4  # n of the samples' repeated n-gram share (summary.json's sample_repeated_4grams)
+
 
 @dataclass
 class EvalResult:
@@ -35,3 +37,10 @@ class EvalResult:
     def metrics(self, prefix: str) -> dict:
         return {f"{prefix}_loss": self.loss, f"{prefix}_ppl": self.ppl,
                 f"{prefix}_word_ppl": self.word_ppl, f"{prefix}_bpb": self.bpb}
+
+
+def repeated_ngram_share(tokens: list[int], n: int = REPEAT_N) -> float | None:
+    """The share of a sequence's n-grams that already occurred earlier in it (1 - distinct-n):
+    0 for text that never repeats itself, near 1 for a loop; None for fewer than n + 1 tokens."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if len(grams) > 1 else None

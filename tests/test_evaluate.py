@@ -56,7 +56,8 @@ def test_three_perplexities_equal_a_direct_computation():
     assert result.word_ppl == pytest.approx(math.exp(nll / 20), rel=1e-5)
     assert result.bpb == pytest.approx(nll / (math.log(2) * 90), rel=1e-5)
     assert result.metrics("test") == {"test_loss": result.loss, "test_ppl": result.ppl,
-                                      "test_word_ppl": result.word_ppl, "test_bpb": result.bpb}
+                                      "test_word_ppl": result.word_ppl, "test_bpb": result.bpb,
+                                      "test_eos_logp": -result.eos_nll / result.eos_tokens}
 
 
 def test_part_of_a_split_reports_no_word_ppl_or_bpb():
@@ -144,6 +145,7 @@ def test_scores_split_the_nll_by_document_and_by_window_position():
 
     doc_nll, doc_tokens = np.zeros(4), np.zeros(4, dtype=int)
     pos_nll, pos_tokens = np.zeros(CFG.max_seq_len), np.zeros(CFG.max_seq_len, dtype=int)
+    eos_nll = []
     doc_of = np.cumsum(np.concatenate([[0], tokens[:-1] == 0]))  # the EOS ending a document is that document's
     for start, end, _ in rows:
         window = torch.from_numpy(tokens[start:end])
@@ -154,6 +156,8 @@ def test_scores_split_the_nll_by_document_and_by_window_position():
             doc_tokens[doc_of[target]] += 1
             pos_nll[t] += nll[t]
             pos_tokens[t] += 1
+            if tokens[target] == 0:
+                eos_nll.append(nll[t])
     scores = result.scores()
     assert scores["window"] == CFG.max_seq_len
     assert scores["doc_tokens"] == doc_tokens.tolist() == [5, 31, 2, 13]  # the first token is never a target
@@ -161,6 +165,13 @@ def test_scores_split_the_nll_by_document_and_by_window_position():
     assert scores["position_tokens"] == pos_tokens.tolist()
     assert scores["position_loss"] == pytest.approx((pos_nll / pos_tokens).tolist(), rel=1e-5)
     assert sum(scores["doc_nll"]) / sum(scores["doc_tokens"]) == pytest.approx(result.loss, rel=1e-12)
+    # Each document is named by its tokens (its EOS included), wherever it stands in the split.
+    assert len(set(scores["doc_hash"])) == 4
+    moved = evaluate(model, Split("test", np.concatenate([np.append(d, 0) for d in docs[::-1]]), 4, 20, 90),
+                     rows, eos_id=0, batch_size=2, device="cpu").scores()
+    assert moved["doc_hash"] == scores["doc_hash"][::-1]
+    # log P(EOS) where a document ends: the mean over the 4 scored EOS targets.
+    assert len(eos_nll) == 4 and result.metrics("test")["test_eos_logp"] == pytest.approx(-np.mean(eos_nll), rel=1e-5)
 
 
 def test_ranks_each_score_their_batches_and_the_sums_cover_the_split():

@@ -11,7 +11,8 @@ from omegaconf.errors import ValidationError
 
 from lmlab import load_model
 from lmlab.data import collate, load_splits, strided_rows
-from lmlab.generate import eval_sampler, next_token_probs, parse_args, sample
+from lmlab.generate import eval_sampler, last_samples_quality, next_token_probs, parse_args, sample
+from lmlab.metrics import repeated_ngram_share
 from lmlab.model import GPT, GPTConfig
 from lmlab.train import TrainState
 from tests.conftest import REPO, TINY, compose_config, run_cli
@@ -91,9 +92,22 @@ def test_samples_at_evaluation_leave_training_untouched(tmp_path):
     # Same weights, same seed at every evaluation: the samples change only when the model does.
     assert [r["text"] for r in records[:2]] == [r["text"] for r in records[2:]]
     assert [t[0] for t in tracker.tables] == ["samples", "samples"]
-    assert tracker.tables[0][1] == ["step", "tokens", "prompt", "text"] and len(tracker.tables[0][2]) == 2
+    assert tracker.tables[0][1] == ["step", "tokens", "prompt", "text", "repeated_4grams"]
+    assert len(tracker.tables[0][2]) == 2
+    # Each sample's repeated 4-gram share, and the summary's mean over the last evaluation's.
+    shares = [repeated_ngram_share(tok.encode(r["text"])) for r in records]
+    assert [r["repeated_4grams"] for r in records] == pytest.approx(shares)
+    assert last_samples_quality(tmp_path) == {"sample_repeated_4grams": pytest.approx(np.mean(shares[2:]))}
+    assert last_samples_quality(tmp_path / "nowhere") == {"sample_repeated_4grams": None}
     cfg.eval.sample_tokens = 0
     assert eval_sampler(cfg, tok, tracker, tmp_path) is None
+
+
+def test_the_repeated_ngram_share_counts_the_n_grams_seen_before():
+    assert repeated_ngram_share([1, 2, 3, 4, 5, 6]) == 0.0  # 3 distinct 4-grams
+    assert repeated_ngram_share([7, 7, 7, 7, 7, 7]) == pytest.approx(2 / 3)  # (7,7,7,7) three times
+    assert repeated_ngram_share([1, 2, 3, 1, 2, 3, 1]) == pytest.approx(1 / 4)  # (1,2,3,1) again at the end
+    assert repeated_ngram_share([1, 2, 3, 4]) is None  # one 4-gram: nothing to repeat
 
 
 def test_arguments_are_typed_and_the_prompt_is_verbatim():

@@ -109,7 +109,9 @@ def test_arms_get_spreads_paired_or_welch_verdicts_after_holm_and_the_floor(tmp_
     # degrees of freedom gives +-0.0248); Holm multiplies the smaller of two p-values by 2.
     assert ("| +0.300 [+0.275, +0.325] paired t | yes (p = 0.00037, Holm 0.00074) | 0.100 ± 0.010 |"
             in table["variant=warmup"])
-    assert "Welch | no (p = 0.71, Holm 0.71) |" in table["variant=ratio"]  # seeds 0, 1 against 0, 1, 2
+    # Seeds 0, 1 against 0, 1, 2: paired on the two seeds both ran (differences +0.01, -0.05: mean -0.02, SD
+    # 0.0424, t quantile 12.706 for 1 degree of freedom gives +-0.381), not Welch over all five.
+    assert "| -0.020 [-0.401, +0.361] paired t (seeds 0, 1) | no (p = 0.63, Holm 0.63) |" in table["variant=ratio"]
     assert "| 3.500 (1 seed) |" in table["variant=size"]
     assert "| -0.500 | cannot say: 1 seed has no spread |" in table["variant=size"]
     assert ("| Kneser-Ney bigram (the floor): counted on train, tuned on validation | - | 4.400 | 700.0 | 2.4200 "

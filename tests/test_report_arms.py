@@ -1,5 +1,6 @@
 """How the report forms arms and what it compares: exact values, a seed-only sweep, one corpus and
 tokenizer per nats/token comparison, and plain words about the floor."""
+import json
 import math
 import re
 
@@ -85,3 +86,43 @@ def test_no_scaling_fit_across_tokenizers(tmp_path):
     report = write_report(tmp_path).read_text()
     assert "No fit: the jobs' nats/token are measured in several corpora or tokenizers" in report
     assert "L(N) =" not in report
+
+
+def test_runs_whose_test_split_was_carved_otherwise_are_never_compared(tmp_path):
+    """Same corpus folder and tokenizer, another split seed: other test articles, another section."""
+    for num, (split_seed, loss) in enumerate([(0, 4.0), (0, 4.1), (1, 3.0), (1, 3.1)]):
+        job = _job(tmp_path, num, [f"train.seed={num % 2}", f"data.split_seed={split_seed}"],
+                   _done(60.0, math.exp(loss)), [6.0, loss])
+        config = {"data": {"name": "wikitext2", "local_dir": "/data/raw", "pool": True, "holdout": 12,
+                           "split_seed": split_seed}, "tokenizer": {"kind": "bpe", "vocab_size": 1024}}
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    sections = write_report(tmp_path).read_text().split("## Arms against the baseline and the floor")[1:]
+    assert [section.splitlines()[0] for section in sections] == [
+        f": data wikitext2 (/data/raw, pool=True, holdout=12, split_seed={seed}), tokenizer bpe 1024"
+        for seed in (0, 1)]
+
+
+def _scored_job(root, num, arm, seed, doc_nll, hashes):
+    tokens = [10] * len(doc_nll)
+    loss = sum(doc_nll) / sum(tokens)
+    job = _job(root, num, [f"+variant={arm}", f"train.seed={seed}"], _done(60.0, math.exp(loss)), [6.0, loss])
+    (job / "test_scores.json").write_text(json.dumps({"doc_nll": doc_nll, "doc_tokens": tokens, "doc_hash": hashes,
+                                                      "position_loss": [loss], "position_tokens": [40]}))
+
+
+def test_the_documents_interval_needs_two_seeds_and_the_same_text(tmp_path):
+    same, other = ["a", "b", "c", "d"], ["a", "b", "c", "x"]
+    for seed, shift in enumerate([0.0, 0.3, -0.2]):
+        _scored_job(tmp_path, 3 * seed, "baseline", seed, [40 + shift, 42, 38 + shift, 41], same)
+        # In another order: documents pair by their hashes, not their position.
+        _scored_job(tmp_path, 3 * seed + 1, "warmup", seed, [40 + shift, 37 + shift / 2, 41.5, 39 + shift], same[::-1])
+        if seed < 2:  # scored on another test split
+            _scored_job(tmp_path, 3 * seed + 2, "decay", seed, [40, 41, 39 + shift, 40], other)
+    _scored_job(tmp_path, 9, "size", 0, [30, 31, 32, 33], same)  # 1 seed
+    report = write_report(tmp_path).read_text()
+    rows = _arm_rows(report)
+    assert re.search(r"\| -0\.\d{3} \[-0\.\d{3}, [-+]0\.\d{3}\] paired t \| \[-0\.\d{3}, [-+]0\.\d{3}\] \|",
+                     rows["variant=warmup"]), rows["variant=warmup"]
+    assert "No document interval for `variant=decay`: the runs were scored on different test text" in report
+    assert "No document interval for `variant=size`: 1 seed: no interval over seeds and documents" in report
+    assert "nan" not in report

@@ -127,3 +127,36 @@ def test_a_real_lr_grid_then_stage2_into_its_dir(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     report = (sweep_dir / "report.md").read_text()
     assert "| all jobs | " in report and " | 2/2 | " in report.split("| all jobs | ")[1].splitlines()[0]
+
+
+def _baseline_at(root, losses: dict[tuple[str, int], float], failed: tuple = ()) -> list:
+    """Baseline jobs: (LR, seed) -> best validation loss; `failed` LRs diverged on seed 0."""
+    for num, ((lr, seed), val) in enumerate(losses.items()):
+        _job(root, num, ["+variant=baseline", f"schedule.peak_lr={lr}", f"train.seed={seed}"],
+             _done(60.0, math.exp(val), best_val_loss=val), [6.0, val])
+    for num, lr in enumerate(failed, start=len(losses)):
+        _job(root, num, ["+variant=baseline", f"schedule.peak_lr={lr}", "train.seed=0"],
+             {"status": "failed", "reason": "TrainingDiverged: training diverged: loss is nan"}, [6.0])
+    return find_jobs(root)
+
+
+def test_stage2_seeds_at_the_chosen_lr_do_not_move_the_choice(tmp_path):
+    """Seed 0 at 1e-3 / 2e-3 / 4e-3 gives 3.00 / 2.95 / 2.97; stage 2's seeds at 2e-3 come out worse
+    (3.00, 3.01). A mean over whatever seeds ran at each LR would now pick 4e-3 (2.97, one seed)."""
+    jobs = _baseline_at(tmp_path, {("1e-3", 0): 3.00, ("2e-3", 0): 2.95, ("4e-3", 0): 2.97,
+                                   ("2e-3", 1): 3.00, ("2e-3", 2): 3.01})
+    arm = choose("variant=baseline", jobs, lr_swept=True)
+    assert arm.lr == "2e-3" and sorted(job.seed for job in arm.chosen) == ["0", "1", "2"]
+    assert "| all jobs | 1e-3: 3.0000 (1), **2e-3: 2.9500** (1), 4e-3: 2.9700 (1) | 2e-3 |  |" \
+        in write_report(tmp_path).read_text()
+
+
+def test_a_best_at_the_larger_of_two_lrs_extends_the_grid_unless_the_next_one_diverged(tmp_path):
+    jobs = _baseline_at(tmp_path / "two", {("1e-3", 0): 3.00, ("2e-3", 0): 2.95})
+    arm = choose("variant=baseline", jobs, lr_swept=True)
+    assert arm.lr == "2e-3" and arm.at_edge
+    jobs = _baseline_at(tmp_path / "three", {("1e-3", 0): 3.00, ("2e-3", 0): 2.95}, failed=("4e-3",))
+    arm = choose("variant=baseline", jobs, lr_swept=True)
+    assert arm.lr == "2e-3" and not arm.at_edge  # 4e-3 was tried: it diverged
+    assert "| all jobs | 1e-3: 3.0000 (1), **2e-3: 2.9500** (1), 4e-3: diverged | 2e-3 |  |" \
+        in write_report(tmp_path / "three").read_text()

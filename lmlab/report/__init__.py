@@ -1,14 +1,16 @@
 """`python -m lmlab.report DIR`: a table, each arm at its own LR against the baseline (paired t or
-Welch, a bootstrap over seeds and test documents, Holm), the n-gram references, compute (scaling fit,
-iso-FLOP) and plots of every job under DIR, offline; `--stage2 --seeds 1,2` prints the commands
-that run more seeds at each arm's chosen LR. docs/report.md is the reference.
+Welch, an interval over seeds and test documents, Holm), the sweep's declared analysis (a verdict
+per claim), the n-gram references, compute (scaling fit, iso-FLOP) and plots of every job under
+DIR, offline; `--plan` and `--stage2 --seeds 1,2` print the commands that run more seeds at each
+arm's chosen LR. docs/report.md is the reference.
 
 DIR is a sweep dir (outputs/sweeps/<name>/<timestamp>) or a folder of single runs. Each job dir
 holds `.hydra/overrides.yaml`, `summary.json` and `metrics.jsonl`; the report is `DIR/report.md`
 plus PNGs beside it. Reads numbers and files only (no torch), so it runs anywhere:
-jobs.py reads the job dirs, select.py picks each arm's LR, stats.py and scaling.py compute,
-references.py names the n-gram references, sections.py and compute.py write the sections,
-plots.py draws, stage2.py writes the stage-2 commands, write.py puts the report together.
+jobs.py reads the job dirs, select.py picks each arm's LR, stats.py, analysis.py and scaling.py
+compute, references.py names the n-gram references, sections.py, verdicts.py and compute.py write
+the sections, plots.py draws, stage2.py writes the stage-2 commands (verdicts.py plans their seeds),
+write.py puts the report together.
 """
 from lmlab.report.write import main, write_report
 

@@ -14,6 +14,9 @@ import yaml
 SEED_KEY = "train.seed"
 LR_KEY = "schedule.peak_lr"
 ALL_JOBS = "all jobs"  # the one arm of a sweep that varies nothing but the seed (and the LR)
+# The data keys that decide which documents a test split holds: runs that differ in one were
+# scored on other text, and their nats/token are never compared.
+CARVING = ("hub_config", "text_column", "split_on", "pool", "holdout", "split_seed")
 
 
 @dataclass
@@ -43,11 +46,13 @@ class Job:
 
     @property
     def corpus(self) -> str:
-        """The data and tokenizer the job's nats/token are measured in ("" where its files do not say)."""
+        """The data, the way its test split was carved, and the tokenizer the job's nats/token are
+        measured in ("" where its files do not say)."""
         data, tok = self.config.get("data"), self.config.get("tokenizer")
         if data and tok:
-            source = data.get("local_dir") or data.get("hub_id") or ""
-            return (f"data {data.get('name', '?')}" + (f" ({source})" if source else "")
+            source = [data.get("local_dir") or data.get("hub_id") or ""]
+            source += [f"{key}={data[key]}" for key in CARVING if data.get(key) is not None and data[key] is not False]
+            return (f"data {data.get('name', '?')}" + (f" ({', '.join(filter(None, source))})" if any(source) else "")
                     + f", tokenizer {tok.get('kind', '?')} {tok.get('vocab_size', '')}".rstrip())
         keys = [key for key in self.overrides if key.split(".")[0] in ("data", "tokenizer") and key != "data.cache_dir"]
         return ", ".join(f"{key}={self.overrides[key]}" for key in keys)

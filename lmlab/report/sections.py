@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from lmlab.report import references
 from lmlab.report.jobs import Job
 from lmlab.report.select import Arm
-from lmlab.report.stats import LEVEL, Comparison, Spread, compare, document_bootstrap, needs_more_seeds
+from lmlab.report.stats import (LEVEL, Comparison, Spread, aligned_documents, compare, document_bootstrap,
+                                needs_more_seeds)
 
 METRICS = {"test_loss": ("test nats/token", ".3f"), "test_word_ppl": ("test word ppl", ".1f"),
            "test_bpb": ("test bits/byte", ".4f")}
@@ -50,23 +51,28 @@ class Row:
     arm: Arm
     test: Spread
     comparison: Comparison | None = None  # None for the baseline, or where either has no done seed
-    documents: tuple[float, float] | str | None = None  # the document bootstrap's interval, or why none
+    documents: tuple[float, float] | str | None = None  # the interval over seeds and documents, or why none
 
 
-def _doc_scores(members: list[Job]) -> list[tuple] | None:
-    """(seed, (doc_nll, doc_tokens)) of each done job; None where a done job has no scores file."""
+def _doc_scores(members: list[Job]) -> dict | None:
+    """seed -> test_scores.json's content, of each done job; None where a done job has no scores file."""
     done = [job for job in members if job.done and job.summary.get("test_loss") is not None]
     if not done or any(job.test_scores is None for job in done):
         return None
-    return [(job.seed, (job.test_scores["doc_nll"], job.test_scores["doc_tokens"])) for job in done]
+    return {job.seed: job.test_scores for job in done}
 
 
-def _bootstrap(arm: list[tuple], baseline: list[tuple], comparison: Comparison):
-    """The seed-and-document bootstrap, the seeds drawn as pairs where the paired t-test pairs them."""
-    if comparison.test == "paired t":
-        arm, baseline = sorted(arm), dict(baseline)
-        return document_bootstrap([s for _, s in arm], [baseline[seed] for seed, _ in arm], paired=True)
-    return document_bootstrap([s for _, s in arm], [s for _, s in baseline])
+def _documents_interval(arm: dict, baseline: dict, comparison: Comparison) -> tuple[float, float] | str:
+    """The interval over seeds and test documents, the seeds as pairs where the t-test pairs them
+    (the seeds both ran), the documents paired by their hashes."""
+    paired = comparison.test.startswith("paired t")
+    seeds = sorted(set(arm) & set(baseline)) if paired else None
+    runs = [arm[s] for s in seeds] + [baseline[s] for s in seeds] if paired else [*arm.values(), *baseline.values()]
+    documents = aligned_documents(runs)
+    if isinstance(documents, str):
+        return documents
+    k = len(seeds) if paired else len(arm)
+    return document_bootstrap(documents[:k], documents[k:], paired=paired)
 
 
 def compare_arms(arms: list[Arm], baseline: str) -> list[Row]:
@@ -80,7 +86,7 @@ def compare_arms(arms: list[Arm], baseline: str) -> list[Row]:
         if arm.name != baseline and row.test.n and base.n:
             row.comparison = compare(row.test, base)
             docs = _doc_scores(arm.chosen)
-            row.documents = _bootstrap(docs, base_docs, row.comparison) if docs and base_docs else None
+            row.documents = _documents_interval(docs, base_docs, row.comparison) if docs and base_docs else None
         rows.append(row)
     return rows
 
@@ -91,8 +97,9 @@ def _common_cell(members: list[Job]) -> str:
     return text + (f" (T={windows.pop()})" if len(windows) == 1 and text != "-" else "")
 
 
-def arms_section(rows: list[Row], floors: dict | None) -> list[str]:
-    """The table of arms against the baseline (rows[0]) and the references, then what it says."""
+def arms_section(rows: list[Row], floors: dict | None, declared: bool = False) -> list[str]:
+    """The table of arms against the baseline (rows[0]) and the references, then what it says;
+    `declared`: a declared analysis decides, and the table's p-values are not adjusted."""
     chosen = [job for row in rows for job in row.arm.chosen]
     lr_grid = any(row.arm.grid for row in rows)
     common = any(job.summary.get("test_common_loss") is not None for job in chosen)
@@ -103,7 +110,8 @@ def arms_section(rows: list[Row], floors: dict | None) -> list[str]:
                + [("test nats/token on common windows", "---:")] * common + [("training FLOPs", "---:")] * flops
                + [(f"Δ nats/token vs baseline [{LEVEL:.0%} CI over seeds]", "---:")]
                + [(f"Δ [{LEVEL:.0%} CI over seeds and test documents]", "---:")] * documents
-               + [("differs? (after Holm)", "---"), ("below the floor by (nats/token)", "---:")]
+               + [("differs? (p < 0.05, unadjusted)" if declared else "differs? (after Holm)", "---"),
+                  ("below the floor by (nats/token)", "---:")]
                + [("beats on test (highest order)", "---")] * bool(floors))
     lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "|".join(a for _, a in columns) + "|"]
     base = rows[0].test
@@ -159,26 +167,34 @@ def _verdicts(rows: list[Row], floors: dict | None) -> list[str]:
     return lines
 
 
-def explanation(baseline: str) -> list[str]:
+def explanation(baseline: str, declared: bool = False) -> list[str]:
     return [f"Baseline: `{baseline}`. Each cell is the mean ± the sample standard deviation over the arm's done "
             "seeds (one seed: no spread, shown as such). Δ is the arm's mean test loss minus the baseline's. Its "
             f"{LEVEL:.0%} interval over seeds comes from a paired t-test on the per-seed differences where the arm "
-            "and the baseline ran the same seeds, else from Welch's t-test (named in the cell); the interval over "
-            "seeds and test documents draws both again (the seeds as pairs where the t-test pairs them, the same "
-            "documents for both arms), so it covers training noise and the choice of test text together. Differs = Holm-adjusted p < 0.05 over all the arms of this "
-            "report. Below the floor = the strongest reference's test loss minus the arm's; beats = the "
+            "and the baseline ran the same seeds (the seeds both ran), else from Welch's t-test (named in the cell); "
+            "the interval over seeds and test documents adds the test documents' variance to the seeds' (the "
+            "documents paired by their text), so it covers training noise and the choice of test text "
+            "together. "
+            + ("Differs = p < 0.05, unadjusted: the declared analysis below decides, its claims the only family. "
+               if declared else "Differs = Holm-adjusted p < 0.05 over all the arms of this report. ")
+            + "Below the floor = the strongest reference's test loss minus the arm's; beats = the "
             "highest-order n-gram reference whose test loss is above the arm's mean.", ""]
 
 
 def lr_section(rows: list[Row]) -> list[str]:
-    """Each arm's LR grid: mean best validation loss (seeds) at each LR, the chosen one in bold."""
+    """Each arm's LR grid: mean best validation loss on the choice's seeds at each LR, the chosen one in bold."""
     lines = ["## Learning rate per arm", "",
-             "Each arm is reported at the LR with the lowest mean best validation loss over the seeds run there; "
-             "test plays no part in the choice.", "",
+             "Each arm is reported at the LR with the lowest mean best validation loss over the seeds every scored "
+             "LR of the arm ran (stage 1's: seeds added at the chosen LR do not move the choice); test plays no "
+             "part in it. A diverged LR counts as tried: the grid is not extended towards it.", "",
              "| arm | mean best validation loss at each LR (seeds) | chosen LR | note |", "|---|---|---:|---|"]
     for row in rows:
-        grid = ", ".join((f"**{p.lr}: {p.val.mean:.4f}**" if p.lr == row.arm.lr else f"{p.lr}: {p.val.mean:.4f}")
-                         + f" ({p.val.n})" if p.val.n else f"{p.lr}: - (0)" for p in row.arm.grid)
-        note = "best at the grid's edge: extend the grid" if row.arm.at_edge else ""
-        lines.append(f"| {cell(row.arm.name)} | {grid} | {row.arm.lr or '-'} | {note} |")
+        arm = row.arm
+        grid = ", ".join(f"{p.lr}: diverged" if p.diverged else f"{p.lr}: - (0)" if not p.val.n else
+                         (f"**{p.lr}: {p.mean_on(arm.choice_seeds):.4f}**" if p.lr == arm.lr
+                          else f"{p.lr}: {p.mean_on(arm.choice_seeds):.4f}")
+                         + f" ({sum(seed in arm.choice_seeds for seed in p.val.seeds)})"
+                         for p in arm.grid)
+        note = "best at the grid's edge: extend the grid" if arm.at_edge else ""
+        lines.append(f"| {cell(arm.name)} | {grid} | {arm.lr or '-'} | {note} |")
     return lines + [""]

@@ -32,8 +32,9 @@ def _job_overrides(job_dir: Path) -> list[str]:
     return [item for item in items if item.split("=", 1)[0].lstrip("+~") not in (LR_KEY, SEED_KEY)]
 
 
-def stage2_commands(root: Path, seeds: list[str]) -> list[str]:
-    """One shell line per arm: a command, or a comment saying why the arm needs none."""
+def stage2_commands(root: Path, seeds: list[str] | dict[str, list[str]]) -> list[str]:
+    """One shell line per arm: a command, or a comment saying why the arm needs none. `seeds` are
+    every arm's, or each arm's by its name (the plan's)."""
     root = Path(root).resolve()
     jobs = find_jobs(root)
     keys = swept_keys(jobs)
@@ -47,9 +48,10 @@ def stage2_commands(root: Path, seeds: list[str]) -> list[str]:
             if arm.lr is None:
                 lines.append(f"# {name}: no job done, no LR chosen")
                 continue
-            new = [seed for seed in seeds if seed not in {job.seed for job in arm.chosen}]
+            wanted = seeds.get(name, []) if isinstance(seeds, dict) else seeds
+            new = [seed for seed in wanted if seed not in {job.seed for job in arm.chosen}]
             if not new:
-                lines.append(f"# {name}: seeds {','.join(seeds)} already ran at its LR {arm.lr}")
+                lines.append(f"# {name}: seeds {','.join(wanted)} already ran at its LR {arm.lr}")
                 continue
             words = ["python", "-m", "lmlab", "-m", *_job_overrides(arm.chosen[0].path), f"{LR_KEY}={arm.lr}",
                      f"{SEED_KEY}={','.join(new)}", *hydra, f"hydra.sweep.dir={root}"]
@@ -57,11 +59,12 @@ def stage2_commands(root: Path, seeds: list[str]) -> list[str]:
     return lines
 
 
-def write_stage2(root: Path, seeds: list[str]) -> Path:
-    """Print-ready lines in ROOT/stage2.sh (executable); returns its path."""
+def write_stage2(root: Path, seeds: list[str] | dict[str, list[str]], how: str, notes: list[str] = ()) -> Path:
+    """Print-ready lines in ROOT/stage2.sh (executable), `how` they were asked for and `notes` in
+    its header; returns its path."""
     path = Path(root) / "stage2.sh"
-    path.write_text("#!/bin/sh\n# Stage 2: more seeds of each arm at the LR its stage-1 grid chose (python -m "
-                    f"lmlab.report {root} --stage2 --seeds {','.join(seeds)}).\nset -e\n"
-                    + "\n".join(stage2_commands(root, seeds)) + "\n")
+    path.write_text(f"#!/bin/sh\n# Stage 2: more seeds of each arm at the LR its stage-1 grid chose ({how}).\n"
+                    + "".join(f"# {note}\n" for note in notes)
+                    + "set -e\n" + "\n".join(stage2_commands(root, seeds)) + "\n")
     path.chmod(0o755)
     return path

@@ -17,6 +17,7 @@ from lmlab.report.sections import (Row, arms_section, cell, compare_arms, explan
 from lmlab.report.select import choose
 from lmlab.report.stage2 import write_stage2
 from lmlab.report.stats import after_holm
+from lmlab.report.verdicts import claims_section, declared, plan
 
 
 def job_table(jobs: list[Job], keys: list[str], tested: set[Path] | None = None) -> list[str]:
@@ -75,7 +76,8 @@ def comparisons(jobs: list[Job], keys: list[str], baseline: str | None) -> list[
         base = baseline_arm(named, keys, baseline if baseline in named else None)
         groups.append((corpus, compare_arms([choose(name, members, LR_KEY in keys) for name, members in named.items()],
                                             base)))
-    after_holm([row.comparison for _, rows in groups for row in rows if row.comparison])
+    # A declared analysis is its own family (its claims): those arms' p-values stay unadjusted here.
+    after_holm([row.comparison for _, rows in groups if declared(rows) is None for row in rows if row.comparison])
     return groups
 
 
@@ -108,7 +110,10 @@ def write_report(root: Path, out: Path | None = None, baseline: str | None = Non
         chosen += members
         floors = shared_floors(members)
         lines += ["", "## Arms against the baseline and the floor" + (f": {corpus}" if len(groups) > 1 else ""), ""]
-        lines += explanation(rows[0].arm.name) + arms_section(rows, floors)
+        analysis = declared(rows)
+        lines += explanation(rows[0].arm.name, analysis is not None) + arms_section(rows, floors, analysis is not None)
+        if analysis is not None:
+            lines += claims_section(analysis, rows, rows[0].arm.name)
         lines += lr_section(rows) if any(row.arm.grid for row in rows) else []
         png.append(plots.plot_arms({row.arm.name: row.test.values for row in rows}, rows[0].arm.name, out, floors,
                                    f"test_loss_by_arm{f'_{index + 1}' if index else ''}.png"))
@@ -134,6 +139,17 @@ def write_report(root: Path, out: Path | None = None, baseline: str | None = Non
     return report
 
 
+def write_plan(root: Path, max_seeds: int, baseline: str | None = None) -> Path:
+    """DIR/stage2.sh with each arm's seeds from the declared analysis on the pilot in DIR."""
+    jobs = find_jobs(Path(root))
+    if not jobs:
+        raise FileNotFoundError(f"no job dirs (summary.json or .hydra/overrides.yaml) under {root}")
+    seeds, notes = plan(comparisons(jobs, swept_keys(jobs), baseline), max_seeds)
+    counts = ", ".join(f"{arm} {len(s)}" for arm, s in seeds.items())
+    return write_stage2(root, seeds, f"--plan --max-seeds {max_seeds}: seeds per arm fixed before stage 2 runs: "
+                        + counts, notes)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lmlab.report",
                                      description="A table, statistics and plots of every job under DIR, offline.")
@@ -146,16 +162,25 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"instead of a report: print (and write to DIR/stage2.sh) one command per arm that runs "
                              f"--seeds at the {LR_KEY} DIR's LR grid chose for it, into DIR")
     parser.add_argument("--seeds", default=None, help="with --stage2: the seeds to run, e.g. 1,2")
+    parser.add_argument("--plan", action="store_true",
+                        help="instead of a report: from a pilot (stage 1 and the baseline over several seeds), print "
+                             "(and write to DIR/stage2.sh) one command per arm that runs the seeds its declared claims "
+                             "need to be decided at the margin with the declared power")
+    parser.add_argument("--max-seeds", type=int, default=10,
+                        help="with --plan: the most seeds an arm gets (default 10)")
     parser.add_argument("--wandb", action="store_true",
                         help="also save a W&B report comparing the arms (online; pip install -e '.[wandb-views]')")
     args = parser.parse_args(argv)
     if args.stage2 and not args.seeds:
         parser.error("--stage2 needs --seeds, e.g. --seeds 1,2")
+    if args.stage2 and args.plan:
+        parser.error("--stage2 and --plan both write stage 2: give one")
     from lmlab.report.wandb_views import save_view
 
     try:
-        if args.stage2:
-            script = write_stage2(args.dir, args.seeds.split(","))
+        if args.stage2 or args.plan:
+            script = (write_stage2(args.dir, args.seeds.split(","), f"--stage2 --seeds {args.seeds}") if args.stage2
+                      else write_plan(args.dir, args.max_seeds, args.baseline))
             print(script.read_text(), end="")
             return 0
         report = write_report(args.dir, args.out, args.baseline)
