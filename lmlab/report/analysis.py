@@ -16,7 +16,8 @@ Holm's first step), so one that leaves out 0 is a rejection by Holm's procedure 
 *supported* (the interval lies beyond 0 in the claimed direction), *contradicted* (beyond 0 in the
 other), *not supported* (it lies inside +-margin: two one-sided tests at the same level), *cannot
 tell* otherwise; an undecided claim also gets the smallest effect the design detects with the
-declared power and the seeds per arm it would need to detect the margin.
+declared power and the seeds per arm it would need to be decided at the margin with that power
+either way (no effect: inside the margin; an effect of the margin: beyond 0).
 """
 from __future__ import annotations
 
@@ -69,6 +70,12 @@ class Analysis:
     def detectable(self, se: float, df: float) -> float:
         """The smallest effect found with the declared power at this standard error."""
         return (self.critical(df) + stats.t.ppf(self.power, df)) * se
+
+    def decisive(self, se: float, df: float) -> float:
+        """The smallest margin decided with the declared power either way: an effect of 0 found
+        inside it (|estimate| + the interval's half-width < margin) and one of the margin found
+        beyond 0. The first asks more: t at (1 + power) / 2 where detecting asks t at power."""
+        return (self.critical(df) + stats.t.ppf((1 + self.power) / 2, df)) * se
 
 
 @dataclass
@@ -133,13 +140,14 @@ def verdict(analysis: Analysis, claim: Claim, low: float, high: float) -> str:
 
 
 def seeds_needed(analysis: Analysis, claim: Claim, c: Contrast) -> int | None:
-    """Seeds per arm at which the margin is found with the declared power, from the observed
-    variance (a contrast's SE scales as 1 / sqrt(seeds), its degrees of freedom with seeds - 1);
-    None beyond MAX_SEEDS."""
+    """Seeds per arm at which the claim is decided at the margin with the declared power (an
+    effect of 0 "not supported", one of the margin "supported" or "contradicted"), from the
+    observed variance (a contrast's SE scales as 1 / sqrt(seeds), its degrees of freedom with
+    seeds - 1); None beyond MAX_SEEDS."""
     margin = analysis.margin if claim.margin is None else claim.margin
     spread = c.se * math.sqrt(c.seeds)
     for n in range(2, MAX_SEEDS + 1):
         df = max(1.0, c.df * (n - 1) / max(1, c.seeds - 1))
-        if analysis.detectable(spread / math.sqrt(n), df) <= margin:
+        if analysis.decisive(spread / math.sqrt(n), df) <= margin:
             return n
     return None
