@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from lmlab.data import Split, floors_cost, load_splits
-from lmlab.data.floors import (FLOORS_FILE, FLOORS_VERSION, KN_ORDERS, compute_floors, interpolated_bigram_probs, kneser_ney_loss_and_gradient, kneser_ney_probs,
-                               load_floors, unigram_probs)
+from lmlab.data.floors import (FLOORS_FILE, FLOORS_VERSION, KN_ORDERS, compute_floors, interpolated_bigram_probs,
+                               kneser_ney_loss_and_gradient, kneser_ney_probs, load_floors, unigram_probs)
 from lmlab.data.ngrams import count_ngrams
 from lmlab.data.tokens import cache_dir
 from tests.conftest import CORPUS, MINI, REPO, TINY, compose_config, needs_mini, run_cli

@@ -133,7 +133,8 @@ def tune_kneser_ney(counts: NgramCounts, val: Targets, order: int) -> np.ndarray
     # on one thread tuning orders 2-5 took 1.8-2.0 s CPU against 4.2-4.6 (WikiText-2-mini at
     # BPE-8192, two cores shared with other jobs), to the same bits.
     with threadpool_limits(limits=1, user_api="blas"):
-        return minimize(objective, start, jac=True, method="L-BFGS-B", bounds=_bounds_of(order)).x.reshape(order, BUCKETS)
+        tuned = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=_bounds_of(order)).x
+    return tuned.reshape(order, BUCKETS)
 
 
 def _nll(probs: np.ndarray) -> float:
@@ -165,8 +166,9 @@ def compute_floors(splits: dict[str, Split], vocab_size: int) -> dict:
     its tuned smoothing and its order; `floor` names the one with the lowest test loss.
     Validation scores are a little flattering, the smoothing having been tuned there: they are
     for drawing beside validation curves; test is the number to compare."""
-    counts, scored = count_ngrams(splits["train"].tokens, vocab_size, [splits[name].tokens for name in ("validation", "test")])
-    targets = dict(zip(("validation", "test"), scored))
+    scored = ("validation", "test")
+    counts, looked_up = count_ngrams(splits["train"].tokens, vocab_size, [splits[name].tokens for name in scored])
+    targets = dict(zip(scored, looked_up))
     val = targets["validation"]
     # alpha is searched on a log scale: its useful values span orders of magnitude.
     alpha = 10 ** _tune(lambda x: _nll(unigram_probs(counts, 10 ** x)[val.next]), -4.0, 2.0)
