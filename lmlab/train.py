@@ -164,9 +164,10 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
     train.eval_every steps and checkpointing every train.checkpoint_every; then score validation and
     test with the best checkpoint (test also per document and window position: test_scores.json).
 
-    `resume` is a loaded checkpoint to continue from exactly; `on_eval(model, state)` runs after
-    each evaluation (used to write samples); `launched` is the process's start (time.time()), from
-    which the summary's startup_s counts to the end of the first step. With several `ranks`
+    `resume` is a loaded checkpoint to continue from exactly; `on_eval(model, state, final=...)`
+    runs after each evaluation (used to write samples; `final`: the evaluation that ends
+    training); `launched` is the process's start (time.time()), from which the summary's
+    startup_s counts to the end of the first step. With several `ranks`
     (torchrun), each trains on its part of every global batch under DDP and only the main one
     writes. A stop signal checkpoints and raises Preempted; a non-finite loss, validation loss or
     weights raise TrainingDiverged, leaving only checkpoints of good weights. Returns the summary.
@@ -330,7 +331,7 @@ class Trainer:
         if improved:
             state.best_val_loss, state.best_val, state.best_step = val.loss, val.metrics("val"), state.step
         if self.on_eval is not None:  # before the checkpoint, so the RNG it saves is the one training goes on with
-            self.on_eval(self.model, state)
+            self.on_eval(self.model, state, final=self.done())
         self.checkpoint(best=improved)
 
     def checkpoint(self, best: bool = False) -> None:
