@@ -7,6 +7,7 @@ from hydra.errors import ConfigCompositionException
 
 from lmlab.config import BugsConfig, ConfigError, validate
 from lmlab.data import IGNORE, Sampler, Split, collate, document_rows, packed_rows, with_seed_bugs
+from lmlab.distributed import Ranks
 from lmlab.evaluate import evaluate
 from lmlab.model import GPT, GPTConfig
 from lmlab.step import batch_loss, device_batches
@@ -68,16 +69,23 @@ def test_no_pad_mask_drops_the_mask_and_scores_the_padding_as_eos():
     assert batch_loss(model, out, "cpu").item() != pytest.approx(batch_loss(model, reference, "cpu").item())
 
 
-def test_device_batches_put_the_bugs_in_and_count_the_same_real_targets():
+@pytest.mark.parametrize("bugs", [BugsConfig(drop_eos_targets=True), BugsConfig(no_pad_mask=True),
+                                  BugsConfig(drop_eos_targets=True, no_pad_mask=True)])
+def test_device_batches_put_the_bugs_in_and_divide_the_loss_by_the_targets_they_leave(bugs):
     tokens = documents()
     rows = document_rows(tokens, EOS, 16)
     plain, plain_n = device_batches(tokens, Sampler(rows, 4, seed=0), 2, EOS, False, torch.device("cpu"))
-    bugged, bugged_n = device_batches(tokens, Sampler(rows, 4, seed=0), 2, EOS, False, torch.device("cpu"),
-                                      bugs=BugsConfig(drop_eos_targets=True, no_pad_mask=True))
-    # Every arm stops at the same amount of real data, and its loss is over the same real count.
-    assert bugged_n == plain_n and [n for _, n in bugged] == [n for _, n in plain]
-    assert all("pad_mask" not in b for b, _ in bugged)
+    bugged, bugged_n = device_batches(tokens, Sampler(rows, 4, seed=0), 2, EOS, False, torch.device("cpu"), bugs=bugs)
+    # Every arm stops at the same amount of real data ...
+    assert bugged_n == plain_n == sum(n for _, n in plain)
     assert any((b["y"] != p["y"]).any() for (b, _), (p, _) in zip(bugged, plain))
+    # ... and its loss is a mean over the targets its bug leaves, as the seed's code computed it.
+    assert [n for _, n in bugged] == [int((b["y"] != IGNORE).sum()) for b, _ in bugged] != [n for _, n in plain]
+    # Two processes: each trains on its half, and the loss's denominator is the targets of both.
+    halves = [device_batches(tokens, Sampler(rows, 4, seed=0), 2, EOS, False, torch.device("cpu"), Ranks(rank, 2),
+                             bugs=bugs)[0] for rank in (0, 1)]
+    for (b0, n0), (b1, n1) in zip(*halves):
+        assert n0 == n1 == int((b0["y"] != IGNORE).sum() + (b1["y"] != IGNORE).sum())
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
@@ -120,5 +128,6 @@ def test_the_trainer_hands_its_switches_to_the_batches_and_the_evaluation(monkey
     tokenizer, splits = load_splits(cfg.data, cfg.tokenizer)
     lmlab.train.train(cfg, GPT(gpt_config(cfg, tokenizer.vocab_size)), tokenizer, splits, NoRecords(), tmp_path,
                       to_container(cfg))
-    assert seen["batches"] == [{name: True for name in BUGS}] * 2  # every training batch, every switch
+    # Every training batch, every switch; each twice: trained on, and counted for the loss's denominator.
+    assert seen["batches"] == [{name: True for name in BUGS}] * 2 * 2
     assert seen["eval_train_mode"] and all(seen["eval_train_mode"])  # validation and test alike
