@@ -18,8 +18,8 @@ import torch
 from tqdm import tqdm
 
 from lmlab.atomic import write_text
-from lmlab.checkpoint import (CheckpointWriter, checkpoint_payload, discard_checkpoints, load_checkpoint,
-                              relink_best)
+from lmlab.checkpoint import (CheckpointError, CheckpointWriter, checkpoint_payload, discard_checkpoints,
+                              load_checkpoint, relink_best)
 from lmlab.config import ConfigError
 from lmlab.data import Sampler, Split, document_rows, packed_rows
 from lmlab.distributed import Ranks, all_reduce_sum, any_rank, barrier, rank_device
@@ -27,7 +27,7 @@ from lmlab.evaluate import eval_rows, evaluate, score_split
 from lmlab.flops import Throughput, mfu, model_flops_per_token, peak_flops, token_budget
 from lmlab.metrics import EvalResult
 from lmlab.model import GPT
-from lmlab.rng import capture_ranks_rng, restore_ranks_rng, seed_stream
+from lmlab.rng import capture_ranks_rng, eval_stream_seed, restore_ranks_rng, seed_stream
 from lmlab.step import (TrainStep, compute_context, device_batches, make_optimizer, resolve_device,
                         resolve_precision)
 
@@ -232,6 +232,7 @@ class Trainer:
             self.model.load_state_dict(resume["model"])
             self.opt.load_state_dict(resume["optimizer"])
             state = self.state = TrainState(**resume["train_state"])
+            self.refuse_finished_elsewhere()
             restore_ranks_rng(state.rng, self.tcfg.seed, state.step, self.ranks)
             self.saved_step = state.step
             # best.pt must hold what best_val describes: a kill can come before its link, and a
@@ -249,6 +250,16 @@ class Trainer:
             raise ConfigError("train.batch_size", str(e)) from None
         self.train_step = TrainStep(self.model, self.opt, self.device, self.tcfg, self.ranks)
         self.started = time.perf_counter()
+
+    def refuse_finished_elsewhere(self) -> None:
+        """A finished run's checkpoint resumed by path into another run dir leaves no step to take
+        and no best.pt here to score: say so, and what to run, in one line."""
+        resume = self.tcfg.resume
+        if self.done() and Path(resume).expanduser().resolve().parent != self.ckpt_dir.resolve():
+            raise CheckpointError(f"train.resume={resume} is a checkpoint of a finished run (step {self.state.step}, "
+                                  f"{self.state.tokens:,} tokens): nothing is left to train in {self.run_dir}. Score "
+                                  f"it with python -m lmlab.evaluate checkpoint={resume}, or train on with a larger "
+                                  "train.max_steps or train.max_tokens")
 
     def progress_bar(self) -> tqdm:
         # On a terminal only (as tqdm decides); logs get one line per evaluation.
@@ -312,7 +323,8 @@ class Trainer:
         result = evaluate(self.model, self.splits[split], rows, self.tokenizer.eos_id,
                           self.cfg.eval.batch_size, self.device, partial(compute_context, self.device, self.tcfg),
                           self.cfg.model.doc_mask, self.cfg.eval.max_batches, self.ranks,
-                          train_mode=self.cfg.bugs.eval_in_train_mode)
+                          train_mode=self.cfg.bugs.eval_in_train_mode,
+                          dropout_seed=eval_stream_seed(self.tcfg.seed, self.ranks.rank, self.state.step))
         self.eval_s += time.perf_counter() - started  # the result's loss was read: the device is done
         return result
 

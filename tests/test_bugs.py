@@ -131,3 +131,30 @@ def test_the_trainer_hands_its_switches_to_the_batches_and_the_evaluation(monkey
     # Every training batch, every switch; each twice: trained on, and counted for the loss's denominator.
     assert seen["batches"] == [{name: True for name in BUGS}] * 2 * 2
     assert seen["eval_train_mode"] and all(seen["eval_train_mode"])  # validation and test alike
+
+
+def test_the_eval_mode_bug_draws_its_dropout_masks_from_a_stream_of_its_own(tmp_path):
+    """With dropout on, the bug arm trains exactly as the baseline of its seed does, however often it evaluates."""
+    import lmlab.train
+    from lmlab.checkpoint import load_checkpoint
+    from lmlab.config import gpt_config, to_container
+    from lmlab.data import load_splits
+    from lmlab.tracking import NoRecords
+
+    arms = {"baseline": [], "bug": ["bugs.eval_in_train_mode=true"],
+            "bug, every 3 steps": ["bugs.eval_in_train_mode=true", "train.eval_every=3"]}
+    weights = {}
+    for arm, overrides in arms.items():
+        cfg = compose_config([*CORPUS, *TINY, "model.dropout=0.3", "train.max_steps=6", "train.eval_every=2",
+                              "eval.max_batches=1", "eval.sample_tokens=0", "logger=none", *overrides])
+        tokenizer, splits = load_splits(cfg.data, cfg.tokenizer)
+        torch.manual_seed(cfg.train.seed)
+        model = GPT(gpt_config(cfg, tokenizer.vocab_size))
+        summary = lmlab.train.train(cfg, model, tokenizer, splits, NoRecords(), tmp_path / arm, to_container(cfg))
+        weights[arm] = load_checkpoint(tmp_path / arm / "checkpoints" / "last.pt")["model"]
+        if arm != "baseline":
+            assert summary["best_val_loss"] != baseline_loss  # the bug is on: dropout changes the scores
+        else:
+            baseline_loss = summary["best_val_loss"]
+    for arm in ("bug", "bug, every 3 steps"):
+        assert all(torch.equal(weights[arm][key], weights["baseline"][key]) for key in weights["baseline"]), arm
