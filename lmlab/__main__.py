@@ -68,10 +68,9 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     tracker = NoRecords() if not ranks.main else Tracker(
         run_dir, cfg.logger, {**config, "derived": derived}, group=group, name=job_name(hydra_cfg) or run_dir.name,
         tags=tags, resume_id=resume["train_state"]["wandb_run_id"] if resume else None)
+    first_eval_tokens = derived["tokens_per_step"] * cfg.train.eval_every  # a pruner's default min_resource
     on_eval = every(eval_sampler(cfg, tokenizer, tracker, run_dir),
-                    trial_reporter(hydra_cfg.sweeper, may_stop=ranks.world == 1,
-                                   first_eval_tokens=derived["tokens_per_step"] * cfg.train.eval_every)) \
-        if ranks.main else None
+                    trial_reporter(hydra_cfg.sweeper, ranks.world == 1, first_eval_tokens)) if ranks.main else None
     try:
         with distributed.lost_processes_reported(cfg.train.dist_timeout_s, run_dir):
             summary = train(cfg, model, tokenizer, splits, tracker, run_dir, config, resume=resume, launched=LAUNCHED,

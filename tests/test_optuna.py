@@ -196,7 +196,8 @@ def test_a_killed_sweep_resumes_its_study(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = ["-m", "sweep=optuna", *tiny_job(4096), "hydra.sweeper.n_trials=3",
             "hydra/sweeper/pruner=none", f"hydra.sweep.dir={sweep_dir}"]
-    kill_when(args, ready=lambda: newest_step(trial_dir(sweep_dir, 1) / "checkpoints") >= 2, log=tmp_path / "killed.log")
+    kill_when(args, ready=lambda: newest_step(trial_dir(sweep_dir, 1) / "checkpoints") >= 2,
+              log=tmp_path / "killed.log")
     assert [t.state for t in study_in(sweep_dir).trials] == [TrialState.COMPLETE, TrialState.RUNNING]
 
     r = run_cli(args, cwd=REPO)
@@ -234,7 +235,8 @@ def test_a_second_study_in_the_same_sweep_dir_trains_its_own_trials(tmp_path):
     assert first.value == summary(trial_dir(sweep_dir, 0))["best_val_loss"]
 
     # The same study name on another storage: its trial 0 finds the first study's dir, and fails.
-    other = [*common, "schedule.peak_lr=tag(log, interval(1e-2, 3e-2))", f"hydra.sweeper.storage=sqlite:///{tmp_path / 'other.db'}"]
+    other = [*common, "schedule.peak_lr=tag(log, interval(1e-2, 3e-2))",
+             f"hydra.sweeper.storage=sqlite:///{tmp_path / 'other.db'}"]
     r = run_cli(other, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     (trial,) = optuna.load_study(study_name="lmlab", storage=f"sqlite:///{tmp_path / 'other.db'}").trials
@@ -248,8 +250,9 @@ def test_a_second_study_in_the_same_sweep_dir_trains_its_own_trials(tmp_path):
 
 def test_a_diverged_trial_and_one_whose_config_does_not_compose_fail_with_the_reason_and_the_sweep_goes_on(tmp_path):
     sweep_dir = tmp_path / "grid"
-    r = run_cli(["-m", "sweep=optuna", *tiny_job(1024), "hydra/sweeper/sampler=grid", "schedule.peak_lr=choice(1e-3,1e30)",
-                 "model=choice(small,nosuch)", f"hydra.sweep.dir={sweep_dir}"], cwd=REPO)
+    r = run_cli(["-m", "sweep=optuna", *tiny_job(1024), "hydra/sweeper/sampler=grid",
+                 "schedule.peak_lr=choice(1e-3,1e30)", "model=choice(small,nosuch)", f"hydra.sweep.dir={sweep_dir}"],
+                cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     trials = {(t.params["schedule.peak_lr"], t.params["model"]): t for t in study_in(sweep_dir).trials}
     assert len(trials) == 4
@@ -288,9 +291,10 @@ def test_the_storage_url_is_read_from_the_environment_and_written_nowhere(tmp_pa
     storage = f"sqlite:///{tmp_path / 's3cret' / 'study.db'}"
     (tmp_path / "s3cret").mkdir()
     sweep_dir = tmp_path / "sweep"
-    r = subprocess.run([sys.executable, "-m", "lmlab", "-m", "sweep=optuna", *tiny_job(1024), "hydra.sweeper.n_trials=1",
-                        "hydra.sweeper.storage=${oc.env:OPTUNA_STORAGE}", f"hydra.sweep.dir={sweep_dir}"],
-                       cwd=REPO, capture_output=True, text=True, env={**os.environ, **TEST_ENV, "OPTUNA_STORAGE": storage})
+    r = subprocess.run([sys.executable, "-m", "lmlab", "-m", "sweep=optuna", *tiny_job(1024),
+                        "hydra.sweeper.n_trials=1", "hydra.sweeper.storage=${oc.env:OPTUNA_STORAGE}",
+                        f"hydra.sweep.dir={sweep_dir}"], cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, **TEST_ENV, "OPTUNA_STORAGE": storage})
     assert r.returncode == 0, r.stderr[-3000:]
     assert [t.state for t in optuna.load_study(study_name="lmlab", storage=storage).trials] == [TrialState.COMPLETE]
     written = [p for p in sweep_dir.rglob("*") if p.is_file() and b"s3cret" in p.read_bytes()]

@@ -188,7 +188,8 @@ def test_max_flops_ends_the_cosine_before_max_tokens_and_eval_s_sums_every_evalu
     tokenizer, splits = load_splits(cfg.data, cfg.tokenizer)
     model = GPT(gpt_config(cfg, tokenizer.vocab_size))
     tokens_per_step = 8 * 32
-    cfg.train.max_tokens, cfg.train.max_flops = 40 * tokens_per_step, 10 * tokens_per_step * model_flops_per_token(model)
+    cfg.train.max_tokens = 40 * tokens_per_step
+    cfg.train.max_flops = 10 * tokens_per_step * model_flops_per_token(model)
     summary = lmlab.train.train(cfg, model, tokenizer, splits, NoRecords(), tmp_path, to_container(cfg))
     assert summary["steps"] == len(lrs) == 10
     assert lrs == pytest.approx([lr_at(step, cfg.schedule, 10) for step in range(10)])

@@ -104,14 +104,17 @@ def search(config: DictConfig, launcher: Launcher, arguments: list[str], hydra_c
                   if t.user_attrs.get("sweep_dir") == str(sweep_dir)]
     for t in unfinished:
         study._storage.record_heartbeat(t._trial_id)
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():  # experimental in Optuna 4 and 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     fixed += [f"hydra.sweeper.storage='{default_storage}'"] if default_storage else []
     job_idx = 0
     while batch := next_batch(study, space, unfinished, settings.n_jobs, n_trials, sweep_dir):
         jobs = [job for trial in batch if (job := startable(study, trial, fixed, config, hydra_context, named))]
         returns, launch_error = launch(study, launcher, jobs, job_idx)
         job_idx += len(jobs)
-        stopped = [ret for (trial, path, _), ret in zip(jobs, returns) if not ended(study, trial, path, ret, launch_error)]
+        stopped = [ret for (trial, path, _), ret in zip(jobs, returns)
+                   if not ended(study, trial, path, ret, launch_error)]
         for ret in stopped:
             # A job stopped by a signal stops the sweep; its trial stays running, and the same
             # command runs it again.
@@ -127,8 +130,8 @@ def next_batch(study: optuna.Study, space: dict, unfinished: list, n_jobs: int, 
     sharing the study stop at n_trials between them (two asking at once can pass it by a trial)."""
     batch = [unfinished.pop(0) for _ in range(min(n_jobs, len(unfinished)))]
     while len(batch) < n_jobs and counted(study) < n_trials:
-        with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize": launch() runs it here
-            warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings():  # launch() runs the heartbeat that Study.optimize would
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
             trial = study.ask(space)
         trial.set_user_attr("sweep_dir", str(sweep_dir))
         batch.append(trial)
@@ -202,8 +205,8 @@ def write_results(study: optuna.Study, storage: str, path: Path) -> None:
               for t in study.get_trials(deepcopy=False)]
     results = {"name": "optuna", "study_name": study.study_name, "storage": storage, "trials": trials}
     for t in trials:
-        log.info("trial %d: %s, value %s, %s tokens, %s%s", t["number"], t["state"], t["value"], t["tokens"], t["params"],
-                 f": {t['fail_reason']}" if t["fail_reason"] else "")
+        log.info("trial %d: %s, value %s, %s tokens, %s%s", t["number"], t["state"], t["value"], t["tokens"],
+                 t["params"], f": {t['fail_reason']}" if t["fail_reason"] else "")
     if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         best = study.best_trial
         results.update(best_trial=best.number, best_params=best.params, best_value=best.value)
