@@ -26,7 +26,7 @@ def job_dir(sweep_dir: Path, study: optuna.Study, number: int) -> Path:
 def owner(study: optuna.Study, storage: str, trial, job_cfg: DictConfig) -> dict:
     """What makes a job dir this trial's: the study (name, storage, and when the trial started,
     which tells a study made again under the same name apart) and the job's composed config."""
-    task = OmegaConf.to_yaml({k: v for k, v in job_cfg.items() if k != "hydra"})
+    task = OmegaConf.to_yaml(OmegaConf.masked_copy(job_cfg, [key for key in job_cfg if key != "hydra"]))  # unresolved
     return {"study": study.study_name, "storage": storage, "trial": trial.number,
             "trial_started": trial.datetime_start.isoformat(),
             "config_sha256": hashlib.sha256(task.encode()).hexdigest()}
