@@ -4,6 +4,7 @@ grid sampler; and the search space and config groups it reads."""
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -311,3 +312,31 @@ def test_a_storage_password_typed_on_the_command_line_is_hidden_in_the_files_wri
     assert r.returncode == 0, r.stderr[-3000:]
     assert "postgresql://user:***@host/db" in (tmp_path / ".hydra" / "hydra.yaml").read_text()
     assert [p for p in tmp_path.rglob("*") if p.is_file() and b"s3cret" in p.read_bytes()] == []
+
+
+def test_a_trial_whose_worker_is_killed_fails_with_the_reason_and_the_sweep_goes_on(tmp_path):
+    """A joblib worker killed by the OOM killer (SIGKILL): the launcher fails, and the trial with it."""
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", "sweep=optuna", *tiny_job(4096), "hydra/launcher=parallel", "hydra.sweeper.n_trials=2",
+            "hydra/sweeper/pruner=none", f"hydra.sweep.dir={sweep_dir}"]
+    with open(tmp_path / "sweep.log", "w") as log:
+        sweeper = subprocess.Popen([sys.executable, "-m", "lmlab", *args], cwd=REPO, stdout=log,
+                                   stderr=subprocess.STDOUT, env={**os.environ, **TEST_ENV})
+        while newest_step(trial_dir(sweep_dir, 0) / "checkpoints") < 2:
+            assert sweeper.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
+            time.sleep(0.01)
+        for worker in [pid for pid in children(sweeper.pid) if b"LokyProcess" in cmdline(pid)]:
+            os.kill(worker, signal.SIGKILL)
+        assert sweeper.wait(timeout=300) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    killed, after = study_in(sweep_dir).trials
+    assert (killed.state, after.state) == (TrialState.FAIL, TrialState.COMPLETE)
+    assert killed.user_attrs["fail_reason"].startswith("its job ended without a summary.json (the launcher failed: ")
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+def cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
