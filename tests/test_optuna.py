@@ -284,7 +284,10 @@ def test_a_sigkilled_sweepers_running_trial_is_failed_and_retried_by_the_next_on
     assert r.returncode == 0, r.stderr[-3000:]
     killed, retry = optuna.load_study(study_name="lmlab", storage=storage).trials  # n_trials counts the retry only
     assert (killed.state, retry.state) == (TrialState.FAIL, TrialState.COMPLETE)
+    assert killed.user_attrs["fail_reason"] == "its sweeper stopped marking it alive (killed?); its params run again " \
+                                              "as a new trial"
     assert retry.params == killed.params and retry.system_attrs["failed_trial"] == 0
+    assert "fail_reason" not in retry.user_attrs
     assert summary(trial_dir(tmp_path / "b", 1))["tokens_seen"] == 4096
 
 

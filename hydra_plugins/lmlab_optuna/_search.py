@@ -104,9 +104,7 @@ def search(config: DictConfig, launcher: Launcher, arguments: list[str], hydra_c
                   if t.user_attrs.get("sweep_dir") == str(sweep_dir)]
     for t in unfinished:
         study._storage.record_heartbeat(t._trial_id)
-    with warnings.catch_warnings():  # experimental in Optuna 4 and 5
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+    fail_stale_trials(study)
     fixed += [f"hydra.sweeper.storage='{default_storage}'"] if default_storage else []
     job_idx = 0
     while batch := next_batch(study, space, unfinished, settings.n_jobs, n_trials, sweep_dir):
@@ -166,11 +164,28 @@ def make_sampler(sampler_cfg):
 
 def heartbeat_storage(url: str, settings: DictConfig) -> optuna.storages.RDBStorage:
     """The study's storage, with Optuna's heartbeat: see OptunaSweeperConf.heartbeat_interval."""
+    def retry_params(study: optuna.Study, stale: optuna.trial.FrozenTrial) -> None:
+        stale.user_attrs.pop("fail_reason", None)  # a copy, whose attrs the retry takes: it has not failed
+        retry(study, stale)
+
     with warnings.catch_warnings():  # heartbeat_interval is experimental in Optuna 4 and 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = optuna.storages.RetryFailedTrialCallback(max_retry=settings.max_retry)
         return optuna.storages.RDBStorage(url, heartbeat_interval=settings.heartbeat_interval,
-                                          grace_period=settings.grace_period, heartbeat_stale_trial_callback=retry)
+                                          grace_period=settings.grace_period,
+                                          heartbeat_stale_trial_callback=retry_params)
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's fail_stale_trials (which retries each one's params), each trial told why first: a
+    finished trial's attrs cannot be set."""
+    for trial_id in study._storage._get_stale_trial_ids(study._study_id):
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # another sweeper was first
+            study._storage.set_trial_user_attr(trial_id, "fail_reason", "its sweeper stopped marking it alive "
+                                               "(killed?); its params run again as a new trial")
+    with warnings.catch_warnings():  # experimental in Optuna 4 and 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def counted(study: optuna.Study) -> int:
