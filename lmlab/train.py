@@ -255,7 +255,8 @@ class Trainer:
         """A finished run's checkpoint resumed by path into another run dir leaves no step to take
         and no best.pt here to score: say so, and what to run, in one line."""
         resume = self.tcfg.resume
-        if self.done() and Path(resume).expanduser().resolve().parent != self.ckpt_dir.resolve():
+        elsewhere = resume != "auto" and Path(resume).expanduser().resolve().parent != self.ckpt_dir.resolve()
+        if elsewhere and self.done():
             raise CheckpointError(f"train.resume={resume} is a checkpoint of a finished run (step {self.state.step}, "
                                   f"{self.state.tokens:,} tokens): nothing is left to train in {self.run_dir}. Score "
                                   f"it with python -m lmlab.evaluate checkpoint={resume}, or train on with a larger "
