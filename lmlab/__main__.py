@@ -71,8 +71,9 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     tracker = NoRecords() if not ranks.main else Tracker(
         run_dir, cfg.logger, {**config, "derived": derived}, group=group, name=job_name(hydra_cfg) or run_dir.name,
         tags=tags, resume_id=resume["train_state"]["wandb_run_id"] if resume else None)
+    first_eval_tokens = derived["tokens_per_step"] * cfg.train.eval_every  # a pruner's default min_resource
     on_eval = every(eval_sampler(cfg, tokenizer, tracker, run_dir),
-                    trial_reporter(hydra_cfg.sweeper, may_stop=ranks.world == 1)) if ranks.main else None
+                    trial_reporter(hydra_cfg.sweeper, ranks.world == 1, first_eval_tokens)) if ranks.main else None
     try:
         with distributed.lost_processes_reported(cfg.train.dist_timeout_s, run_dir):
             summary = train(cfg, model, tokenizer, splits, tracker, run_dir, config, resume=resume, launched=LAUNCHED,
@@ -105,9 +106,9 @@ def every(*hooks):
     if not hooks:
         return None
 
-    def on_eval(model, state) -> None:
+    def on_eval(model, state, final: bool = False) -> None:
         for hook in hooks:
-            hook(model, state)
+            hook(model, state, final=final)
 
     return on_eval
 
@@ -136,9 +137,12 @@ def objective(summary: dict) -> float:
 
 @hydra.main(version_base="1.3", config_path="pkg://lmlab.conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
+    from hydra_plugins.lmlab_optuna.trial import redact_files
     from lmlab.errors import exit_for
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if HydraConfig.get().output_subdir is not None:
+        redact_files(run_dir / HydraConfig.get().output_subdir)  # a storage URL's password, as typed
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     summary_path = run_dir / "summary.json"
     try:

@@ -2,12 +2,13 @@
 and where that NLL fell, per document and per window position (what test_scores.json holds).
 
 `python -m lmlab.evaluate checkpoint=PATH [data=... data.local_dir=...] [split=test] [eval.stride=...]
-[eval.common_window=...] [mode=train] [out=FILE.json]` scores any checkpoint on any split of any
+[eval.common_window=...] [mode=train] [seed=N] [out=FILE.json]` scores any checkpoint on any split of any
 corpus the `data` group loads, tokenized with the checkpoint's own tokenizer; the run's own corpus
 and windows unless overrides name others. It prints the metrics a run's summary.json holds, under the same
 keys (test_loss, test_ppl, test_word_ppl, test_bpb; val_* for split=validation), and with out=
 writes them with the scores (test_scores.json's content) under "scores". mode=train scores with
-dropout on, as the seed's evaluation did (bugs.eval_in_train_mode), with no training.
+dropout on, as the seed's evaluation did (bugs.eval_in_train_mode), with no training; its masks
+are drawn from `seed` (default: the checkpoint's train.seed), so the same command scores the same.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from lmlab.data import IGNORE, Split, collate, packed_rows, scored_targets, strided_rows
 from lmlab.distributed import Ranks, all_reduce_sum
 from lmlab.metrics import EvalResult
+from lmlab.rng import own_stream
 from lmlab.step import batch_loss, to_device
 
 PREFIXES = {"train": "train", "validation": "val", "test": "test"}  # a split's metrics keys, as in summary.json
@@ -77,12 +79,14 @@ def eval_rows(n_tokens: int, window: int, stride: int | None) -> np.ndarray:
 @torch.inference_mode()
 def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int, device,
              context: Callable[[], ContextManager] = nullcontext, segments: bool = False,
-             max_batches: int | None = None, ranks: Ranks = Ranks(), train_mode: bool = False) -> SplitScores:
+             max_batches: int | None = None, ranks: Ranks = Ranks(), train_mode: bool = False,
+             dropout_seed: int = 0) -> SplitScores:
     """Score `rows` of `split` in eval mode (dropout off), each forward under a fresh `context()`
     (see step.compute_context); the caller's train/eval mode is restored. With several ranks each
     scores every world-th batch and the sums are added up, so the whole split is scored once.
     Per-target NLLs are summed by document and by window position on the device, in one buffer
-    read once at the end. `train_mode=True` is the seed's bug (bugs.eval_in_train_mode): dropout stays on."""
+    read once at the end. `train_mode=True` is the seed's bug (bugs.eval_in_train_mode): dropout stays on,
+    its masks drawn from a stream of their own seeded by `dropout_seed` (lmlab.rng.own_stream)."""
     device = torch.device(device)
     was_training = model.training
     model.train(train_mode)
@@ -101,9 +105,9 @@ def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int
         whole = len(starts) == len(all_starts)
         mine = starts[ranks.rank::ranks.world]
         # tqdm stays quiet when stderr is not a terminal (logs, sweeps, tests), and off other ranks.
-        with tqdm(total=sum(scored_targets(rows[i:i + batch_size]) for i in mine),
-                  desc=f"eval {split.name}", unit="tok", unit_scale=True, leave=False,
-                  disable=None if ranks.main else True) as bar:
+        with (own_stream(dropout_seed, device) if train_mode else nullcontext(),
+              tqdm(total=sum(scored_targets(rows[i:i + batch_size]) for i in mine), desc=f"eval {split.name}",
+                   unit="tok", unit_scale=True, leave=False, disable=None if ranks.main else True) as bar):
             for i in mine:
                 batch_rows = rows[i:i + batch_size]
                 batch = collate(split.tokens, batch_rows, eos_id, segments)
@@ -156,6 +160,7 @@ class EvaluateConfig:
     checkpoint: str = MISSING
     split: str = "test"  # train | validation | test
     mode: str = "eval"  # eval | train (dropout on: the seed's bug)
+    seed: Optional[int] = None  # mode=train: the dropout masks' seed; null: the checkpoint's train.seed
     out: Optional[str] = None  # also write the metrics and scores to this JSON file
 
 
@@ -215,10 +220,12 @@ def main(argv: list[str] | None = None) -> dict:
         model.to(device)
         split = tokenized_split(tokenizer, cfg.data, args.split)
 
+        seed = ckpt["config"]["train"]["seed"] if args.seed is None else args.seed
+
         def evaluate_rows(rows: np.ndarray) -> SplitScores:
             return evaluate(model, split, rows, tokenizer.eos_id, cfg.eval.batch_size, device,
                             lambda: compute_context(device, cfg.train), ckpt["config"]["model"]["doc_mask"],
-                            cfg.eval.max_batches, train_mode=args.mode == "train")
+                            cfg.eval.max_batches, train_mode=args.mode == "train", dropout_seed=seed)
 
         metrics, scores = score_split(evaluate_rows, len(split.tokens), model.cfg.max_seq_len, cfg.eval,
                                       PREFIXES[args.split])

@@ -132,7 +132,7 @@ def eval_sampler(cfg, tokenizer, tracker, run_dir: Path):
         return None
     prompts, n_tokens, seed = list(cfg.eval.sample_prompts), cfg.eval.sample_tokens, cfg.train.seed
 
-    def on_eval(model, state) -> None:
+    def on_eval(model, state, final: bool = False) -> None:
         generator = torch.Generator().manual_seed(seed)
         samples = [sample(model, tokenizer, prompt, n_tokens, EVAL_TEMPERATURE, EVAL_TOP_K, EVAL_TOP_P, generator)
                    for prompt in prompts]

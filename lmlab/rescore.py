@@ -44,8 +44,6 @@ def _with_variant(overrides: list[str], variant: str) -> list[str]:
 
 def rescore_job(job_dir: Path, variant: str, mode: str) -> Path:
     """Writes and returns the re-scored job dir beside `job_dir`."""
-    import torch
-
     from lmlab.evaluate import main as evaluate
 
     summary = json.loads((job_dir / "summary.json").read_text())
@@ -56,8 +54,7 @@ def rescore_job(job_dir: Path, variant: str, mode: str) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         for split in ("validation", "test"):
             out = Path(tmp) / f"{split}.json"
-            torch.manual_seed(seed)
-            evaluate([f"checkpoint={checkpoint}", f"split={split}", f"mode={mode}", f"out={out}"])
+            evaluate([f"checkpoint={checkpoint}", f"split={split}", f"mode={mode}", f"seed={seed}", f"out={out}"])
             found[split] = json.loads(out.read_text())
     val, test = found["validation"], found["test"]
     metrics = {k: v for k, v in {**val, **test}.items() if k.startswith(("val_", "test_"))}

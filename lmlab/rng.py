@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -29,6 +31,22 @@ def stream_seed(seed: int, rank: int, step: int = 0) -> int:
 
 def seed_stream(seed: int, ranks: Ranks, step: int = 0) -> None:
     torch.manual_seed(stream_seed(seed, ranks.rank, step))
+
+
+def eval_stream_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of the dropout masks that an evaluation at `step` draws in train mode (the seed's
+    bug, bugs.eval_in_train_mode): mixed as `stream_seed` is, and apart from every training stream."""
+    return int(np.random.SeedSequence([seed % 2**64, rank, step, 1]).generate_state(1, np.uint64)[0])
+
+
+@contextmanager
+def own_stream(seed: int, device: torch.device) -> Iterator[None]:
+    """Draws from a stream of their own, seeded by `seed`: the generators (the CPU's, and the
+    device's) are as they were before once it ends, so training draws the same masks whatever
+    is evaluated, and how often."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def capture_rng() -> dict:

@@ -121,19 +121,27 @@ def device_batches(tokens, sampler: Sampler, count: int, eos_id: int, segments: 
                    ranks: Ranks = Ranks(), bugs=None) -> tuple[list[tuple[dict, int]], int]:
     """The next `count` micro-batches: for each, this rank's share of the sampler's global rows on
     the device, with the seed's bugs that `bugs` turns on (see `with_seed_bugs`), and the number of
-    real targets the whole global micro-batch scores (summed over the step: the loss's
-    denominator); and the step's total of those, counted on the host from the rows alone, so
-    every arm stops at the same data.
+    targets the whole global micro-batch scores (summed over the step: the loss's denominator);
+    and the step's total of real targets, counted on the host from the rows alone, so every arm
+    stops at the same data.
 
     Every rank draws the same global rows (same seed, same position) and keeps its contiguous
     part, so the data and the sampler's position do not depend on the number of processes."""
     batches, n_targets = [], 0
     for _ in range(count):
         rows = sampler.next_rows()
-        scored = scored_targets(rows)
         share = len(rows) // ranks.world
-        batch = collate(tokens, rows[ranks.rank * share:(ranks.rank + 1) * share], eos_id, segments)
-        batches.append((to_device(with_seed_bugs(batch, bugs, eos_id), device), scored))
+        shares = [rows[rank * share:(rank + 1) * share] for rank in range(ranks.world)]
+        batch = with_seed_bugs(collate(tokens, shares[ranks.rank], eos_id, segments), bugs, eos_id)
+        scored = scored_targets(rows)
+        if bugs is not None and (bugs.drop_eos_targets or bugs.no_pad_mask):
+            # The seed's loss was a mean over the targets its bug left (fewer without EOS, the
+            # padding too without the mask): every rank's share counts them as it trains on it.
+            loss_targets = sum(int((with_seed_bugs(collate(tokens, rows, eos_id), bugs, eos_id)["y"] != IGNORE).sum())
+                               for rows in shares)
+        else:
+            loss_targets = scored
+        batches.append((to_device(batch, device), loss_targets))
         n_targets += scored
     return batches, n_targets
 

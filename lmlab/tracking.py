@@ -99,23 +99,25 @@ class Pruned(Exception):
         self.progress = progress
 
 
-def trial_reporter(sweeper_cfg, may_stop: bool = True):
+def trial_reporter(sweeper_cfg, may_stop: bool = True, first_eval_tokens: int | None = None):
     """The trainer's `on_eval` hook for a job that is a trial of lmlab's Optuna sweeper: reports
     the best validation loss so far (the objective the job returns) against tokens seen, and
-    raises Pruned when the study's pruner says so and `may_stop` (the hook runs on the main
-    process only, so a trial trained by several processes, which would all have to stop together,
-    only reports). None for any other job."""
+    raises Pruned when the study's pruner says so, `may_stop` (the hook runs on the main process
+    only, so a trial trained by several processes, which would all have to stop together, only
+    reports) and the evaluation is not the final one (a trial that trained its whole budget is
+    complete, with a test score). `first_eval_tokens` is the pruner's default `min_resource`.
+    None for any other job."""
     from hydra_plugins.lmlab_optuna.trial import job_trial
 
-    trial = job_trial(sweeper_cfg)
+    trial = job_trial(sweeper_cfg, first_eval_tokens)
     if trial is None:
         return None
 
-    def on_eval(model, state) -> None:
+    def on_eval(model, state, final: bool = False) -> None:
         if not state.tokens:  # the untrained model scores alike in every trial: nothing to compare yet
             return
         trial.report(state.best_val_loss, step=state.tokens)
-        if may_stop and trial.should_prune():
+        if may_stop and not final and trial.should_prune():
             raise Pruned(f"trial {trial.number} pruned by {type(trial.study.pruner).__name__} at "
                          f"{state.tokens:,} tokens", {"tokens_seen": state.tokens, "steps": state.step,
                                                       "best_val_loss": state.best_val_loss,

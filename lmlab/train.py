@@ -16,8 +16,8 @@ import torch
 from tqdm import tqdm
 
 from lmlab.atomic import write_text
-from lmlab.checkpoint import (CheckpointWriter, checkpoint_payload, discard_checkpoints, load_checkpoint,
-                              relink_best)
+from lmlab.checkpoint import (CheckpointError, CheckpointWriter, checkpoint_payload, discard_checkpoints,
+                              load_checkpoint, relink_best)
 from lmlab.config import ConfigError
 from lmlab.data import Sampler, Split, document_rows, packed_rows
 from lmlab.distributed import Ranks, all_reduce_sum, any_rank, barrier, rank_device
@@ -26,7 +26,7 @@ from lmlab.evaluate import eval_rows, evaluate, score_split
 from lmlab.flops import Throughput, mfu, model_flops_per_token, peak_flops, token_budget
 from lmlab.metrics import EvalResult
 from lmlab.model import GPT
-from lmlab.rng import capture_ranks_rng, restore_ranks_rng, seed_stream
+from lmlab.rng import capture_ranks_rng, eval_stream_seed, restore_ranks_rng, seed_stream
 from lmlab.schedule import lr_at, planned_steps, warmup_warning
 from lmlab.step import (TrainStep, compute_context, device_batches, make_optimizer, resolve_device,
                         resolve_precision)
@@ -90,9 +90,10 @@ def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir
     train.eval_every steps and checkpointing every train.checkpoint_every; then score validation and
     test with the best checkpoint (test also per document and window position: test_scores.json).
 
-    `resume` is a loaded checkpoint to continue from exactly; `on_eval(model, state)` runs after
-    each evaluation (used to write samples); `launched` is the process's start (time.time()), from
-    which the summary's startup_s counts to the end of the first step. With several `ranks`
+    `resume` is a loaded checkpoint to continue from exactly; `on_eval(model, state, final=...)`
+    runs after each evaluation (used to write samples; `final`: the evaluation that ends
+    training); `launched` is the process's start (time.time()), from which the summary's
+    startup_s counts to the end of the first step. With several `ranks`
     (torchrun), each trains on its part of every global batch under DDP and only the main one
     writes. A stop signal checkpoints and raises Preempted; a non-finite loss, validation loss or
     weights raise TrainingDiverged, leaving only checkpoints of good weights. Returns the summary.
@@ -157,6 +158,7 @@ class Trainer:
             self.model.load_state_dict(resume["model"])
             self.opt.load_state_dict(resume["optimizer"])
             state = self.state = TrainState(**resume["train_state"])
+            self.refuse_finished_elsewhere()
             restore_ranks_rng(state.rng, self.tcfg.seed, state.step, self.ranks)
             self.saved_step = state.step
             # best.pt must hold what best_val describes: a kill can come before its link, and a
@@ -174,6 +176,17 @@ class Trainer:
             raise ConfigError("train.batch_size", str(e)) from None
         self.train_step = TrainStep(self.model, self.opt, self.device, self.tcfg, self.ranks)
         self.started = time.perf_counter()
+
+    def refuse_finished_elsewhere(self) -> None:
+        """A finished run's checkpoint resumed by path into another run dir leaves no step to take
+        and no best.pt here to score: say so, and what to run, in one line."""
+        resume = self.tcfg.resume
+        elsewhere = resume != "auto" and Path(resume).expanduser().resolve().parent != self.ckpt_dir.resolve()
+        if elsewhere and self.done():
+            raise CheckpointError(f"train.resume={resume} is a checkpoint of a finished run (step {self.state.step}, "
+                                  f"{self.state.tokens:,} tokens): nothing is left to train in {self.run_dir}. Score "
+                                  f"it with python -m lmlab.evaluate checkpoint={resume}, or train on with a larger "
+                                  "train.max_steps or train.max_tokens")
 
     def progress_bar(self) -> tqdm:
         # On a terminal only (as tqdm decides); logs get one line per evaluation.
@@ -237,7 +250,8 @@ class Trainer:
         result = evaluate(self.model, self.splits[split], rows, self.tokenizer.eos_id,
                           self.cfg.eval.batch_size, self.device, partial(compute_context, self.device, self.tcfg),
                           self.cfg.model.doc_mask, self.cfg.eval.max_batches, self.ranks,
-                          train_mode=self.cfg.bugs.eval_in_train_mode)
+                          train_mode=self.cfg.bugs.eval_in_train_mode,
+                          dropout_seed=eval_stream_seed(self.tcfg.seed, self.ranks.rank, self.state.step))
         self.eval_s += time.perf_counter() - started  # the result's loss was read: the device is done
         return result
 
@@ -256,7 +270,7 @@ class Trainer:
         if improved:
             state.best_val_loss, state.best_val, state.best_step = val.loss, val.metrics("val"), state.step
         if self.on_eval is not None:  # before the checkpoint, so the RNG it saves is the one training goes on with
-            self.on_eval(self.model, state)
+            self.on_eval(self.model, state, final=self.done())
         self.checkpoint(best=improved)
 
     def checkpoint(self, best: bool = False) -> None:

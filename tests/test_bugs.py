@@ -8,6 +8,7 @@ from hydra.errors import ConfigCompositionException
 from lmlab.config import BugsConfig, ConfigError
 from lmlab.validation import validate
 from lmlab.data import IGNORE, Sampler, Split, collate, document_rows, packed_rows, with_seed_bugs
+from lmlab.distributed import Ranks
 from lmlab.evaluate import evaluate
 from lmlab.model import GPT, GPTConfig
 from lmlab.step import batch_loss, device_batches
@@ -69,16 +70,23 @@ def test_no_pad_mask_drops_the_mask_and_scores_the_padding_as_eos():
     assert batch_loss(model, out, "cpu").item() != pytest.approx(batch_loss(model, reference, "cpu").item())
 
 
-def test_device_batches_put_the_bugs_in_and_count_the_same_real_targets():
+@pytest.mark.parametrize("bugs", [BugsConfig(drop_eos_targets=True), BugsConfig(no_pad_mask=True),
+                                  BugsConfig(drop_eos_targets=True, no_pad_mask=True)])
+def test_device_batches_put_the_bugs_in_and_divide_the_loss_by_the_targets_they_leave(bugs):
     tokens = documents()
     rows = document_rows(tokens, EOS, 16)
     plain, plain_n = device_batches(tokens, Sampler(rows, 4, seed=0), 2, EOS, False, torch.device("cpu"))
-    bugged, bugged_n = device_batches(tokens, Sampler(rows, 4, seed=0), 2, EOS, False, torch.device("cpu"),
-                                      bugs=BugsConfig(drop_eos_targets=True, no_pad_mask=True))
-    # Every arm stops at the same amount of real data, and its loss is over the same real count.
-    assert bugged_n == plain_n and [n for _, n in bugged] == [n for _, n in plain]
-    assert all("pad_mask" not in b for b, _ in bugged)
+    bugged, bugged_n = device_batches(tokens, Sampler(rows, 4, seed=0), 2, EOS, False, torch.device("cpu"), bugs=bugs)
+    # Every arm stops at the same amount of real data ...
+    assert bugged_n == plain_n == sum(n for _, n in plain)
     assert any((b["y"] != p["y"]).any() for (b, _), (p, _) in zip(bugged, plain))
+    # ... and its loss is a mean over the targets its bug leaves, as the seed's code computed it.
+    assert [n for _, n in bugged] == [int((b["y"] != IGNORE).sum()) for b, _ in bugged] != [n for _, n in plain]
+    # Two processes: each trains on its half, and the loss's denominator is the targets of both.
+    halves = [device_batches(tokens, Sampler(rows, 4, seed=0), 2, EOS, False, torch.device("cpu"), Ranks(rank, 2),
+                             bugs=bugs)[0] for rank in (0, 1)]
+    for (b0, n0), (b1, n1) in zip(*halves):
+        assert n0 == n1 == int((b0["y"] != IGNORE).sum() + (b1["y"] != IGNORE).sum())
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
@@ -121,5 +129,31 @@ def test_the_trainer_hands_its_switches_to_the_batches_and_the_evaluation(monkey
     tokenizer, splits = load_splits(cfg.data, cfg.tokenizer)
     lmlab.train.train(cfg, GPT(gpt_config(cfg, tokenizer.vocab_size)), tokenizer, splits, NoRecords(), tmp_path,
                       to_container(cfg))
-    assert seen["batches"] == [{name: True for name in BUGS}] * 2  # every training batch, every switch
+    # Every training batch, every switch; each twice: trained on, and counted for the loss's denominator.
+    assert seen["batches"] == [{name: True for name in BUGS}] * 2 * 2
     assert seen["eval_train_mode"] and all(seen["eval_train_mode"])  # validation and test alike
+
+
+def test_the_eval_mode_bug_draws_its_dropout_masks_from_a_stream_of_its_own(tmp_path):
+    """With dropout on, the bug arm trains exactly as the baseline of its seed does, however often it evaluates."""
+    import lmlab.train
+    from lmlab.checkpoint import load_checkpoint
+    from lmlab.config import gpt_config, to_container
+    from lmlab.data import load_splits
+    from lmlab.tracking import NoRecords
+
+    arms = {"baseline": [], "bug": ["bugs.eval_in_train_mode=true"],
+            "bug, every 3 steps": ["bugs.eval_in_train_mode=true", "train.eval_every=3"]}
+    weights, best = {}, {}
+    for arm, overrides in arms.items():
+        cfg = compose_config([*CORPUS, *TINY, "model.dropout=0.3", "train.max_steps=6", "train.eval_every=2",
+                              "eval.max_batches=1", "eval.sample_tokens=0", "logger=none", *overrides])
+        tokenizer, splits = load_splits(cfg.data, cfg.tokenizer)
+        torch.manual_seed(cfg.train.seed)
+        model = GPT(gpt_config(cfg, tokenizer.vocab_size))
+        best[arm] = lmlab.train.train(cfg, model, tokenizer, splits, NoRecords(), tmp_path / arm,
+                                      to_container(cfg))["best_val_loss"]
+        weights[arm] = load_checkpoint(tmp_path / arm / "checkpoints" / "last.pt")["model"]
+    for arm in ("bug", "bug, every 3 steps"):
+        assert best[arm] != best["baseline"]  # the bug is on: dropout changes the scores
+        assert all(torch.equal(weights[arm][key], weights["baseline"][key]) for key in weights["baseline"]), arm

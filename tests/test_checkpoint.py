@@ -294,3 +294,19 @@ def test_resuming_into_another_corpus_or_tokenizer_is_refused_in_one_line(tmp_pa
         "lmlab: error: cannot resume step 2: the data differs in name=kjv in the checkpoint, text now; "
         "holdout=300.0 in the checkpoint, 0.05 now; the bpe tokenizer's vocabulary differs. Resume with the same "
         "model.*, data.* and tokenizer.*, or start over with train.resume=null or a new run dir"]
+
+
+def test_a_finished_runs_checkpoint_resumed_into_a_new_run_dir_says_there_is_nothing_to_train(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli([*TINY_RUN, "train.max_steps=2", f"hydra.run.dir={run}"], cwd=REPO).returncode == 0
+    last = run / "checkpoints" / "last.pt"
+    r = run_cli([*TINY_RUN, "train.max_steps=2", f"train.resume={last}", f"hydra.run.dir={tmp_path / 'new'}"], cwd=REPO)
+    assert r.returncode == 2
+    assert messages(r.stderr) == [
+        f"lmlab: error: train.resume={last} is a checkpoint of a finished run (step 2, 512 tokens): nothing is left to "
+        f"train in {tmp_path / 'new'}. Score it with python -m lmlab.evaluate checkpoint={last}, or train on with a "
+        "larger train.max_steps or train.max_tokens"]
+    # In its own run dir it scores its best checkpoint again, as any finished run resumed there.
+    r = run_cli([*TINY_RUN, "train.max_steps=2", f"train.resume={last}", f"hydra.run.dir={run}"], cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["status"] == "done"

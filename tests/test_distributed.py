@@ -60,18 +60,40 @@ def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
 
 
 def end(proc: subprocess.Popen) -> None:
-    """SIGKILL whatever is left of `proc`'s process group."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    """SIGKILL whatever is left of `proc`'s process group, and of its children's: torchrun starts
+    its workers in sessions of their own, where one stopped by SIGSTOP would outlive the suite."""
+    for pid in [proc.pid, *children(proc.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
     proc.wait()
+
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started that are still there (none once it has ended)."""
+    try:
+        return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def gone(pid: int) -> bool:
+    """Whether process `pid` has ended (exited, or a zombie left for init to reap), within 30 s."""
+    for _ in range(3000):
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def worker(agent: subprocess.Popen, rank: int) -> int:
     """The pid of the process of `rank` that torchrun's agent `agent` started (RANK in its environment)."""
-    for task in Path(f"/proc/{agent.pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
-                return int(child)
+    for child in children(agent.pid):
+        if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
+            return child
     raise AssertionError(f"no rank {rank} under {agent.pid}")
 
 
@@ -272,11 +294,12 @@ def test_a_hung_rank_stops_a_two_node_launch_within_dist_timeout_s_and_the_relau
     try:
         wait_for(lambda: max((newest_step(d / "checkpoints") for d in (tmp_path / "outputs" / "runs").glob("*")),
                              default=-1) >= 3, nodes[0], tmp_path / "node0.log")
-        os.kill(worker(nodes[1], 1), signal.SIGSTOP)
+        os.kill(stopped := worker(nodes[1], 1), signal.SIGSTOP)
         assert nodes[0].wait(timeout=120) != 0  # the guard: without the timeout, gloo waits 30 minutes
     finally:
         for node in nodes:
             end(node)
+    assert gone(stopped)  # torchrun's workers have sessions of their own: ending node 1 ends it too
     out = (tmp_path / "node0.log").read_text()
     (run_dir,) = run_dirs(tmp_path)
     assert re.search(r"lmlab: error: another process of this launch died, or did not answer within train.dist_timeout_s"

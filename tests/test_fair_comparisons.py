@@ -71,6 +71,12 @@ def test_evaluate_cli_reproduces_the_runs_test_numbers_and_measures_train_mode(b
     assert set(train_mode) == {"val_loss", "val_ppl", "val_word_ppl", "val_bpb", "common_window", "val_common_loss",
                                "val_common_ppl", "val_common_word_ppl", "val_common_bpb"}  # the run's windows
     assert train_mode["val_loss"] > s["best_val_loss"]  # dropout on: the seed's evaluation bug costs loss
+    # Its masks are drawn from seed= (the checkpoint's train.seed by default): the same command scores the same.
+    from lmlab.evaluate import main as evaluate
+
+    assert evaluate([f"checkpoint={ckpt}", "split=validation", "mode=train"]) == train_mode
+    other_seed = evaluate([f"checkpoint={ckpt}", "split=validation", "mode=train", "seed=1"])
+    assert other_seed["val_loss"] != train_mode["val_loss"]
 
 
 def test_evaluate_cli_names_a_bad_option_in_one_line(budget_run):

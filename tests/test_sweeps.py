@@ -292,8 +292,8 @@ def test_optuna_sweep_writes_a_finite_best_value(tmp_path):
     assert math.isfinite(result["best_value"])
     assert set(result["best_params"]) == {"schedule.peak_lr", "schedule.warmup_steps", "train.weight_decay",
                                           "model.dropout"}
-    trials = sorted(d for d in sweep_dir.iterdir() if (d / "summary.json").exists())
-    assert [d.name for d in trials] == ["0", "1", "2"]
+    trials = sorted(d for d in (sweep_dir / "lmlab").iterdir() if (d / "summary.json").exists())
+    assert [d.name for d in trials] == ["0", "1", "2"]  # <sweep dir>/<study name>/<trial number>
     best = min(_summary(d)["best_val_loss"] for d in trials)
     assert result["best_value"] == pytest.approx(best)  # the objective is the best validation loss
 

@@ -157,3 +157,42 @@ def test_test_split_is_scored_with_the_best_checkpoint_not_the_final_weights(tmp
     (best_step, best), (last_step, last) = test_loss("best.pt"), test_loss("last.pt")
     assert (best_step, last_step) == (0, 2) and last > best + 1.0
     assert summary["test_loss"] == pytest.approx(best, rel=1e-6)
+
+
+
+def test_max_flops_ends_the_cosine_before_max_tokens_and_eval_s_sums_every_evaluation(monkeypatch, tmp_path):
+    """Both budgets set (every shipped max_flops run sets max_tokens null): the LR decays over the
+    steps max_flops allows, the first limit. And the evaluations' seconds are summed, read on a
+    clock that only evaluations move, by 1 s each."""
+    import time
+
+    import lmlab.train
+    from lmlab.config import to_container
+    from lmlab.flops import model_flops_per_token
+    from lmlab.step import TrainStep
+    from lmlab.tracking import NoRecords
+
+    lrs, clock, evaluations = [], [0.0], []
+    step_call, score = TrainStep.__call__, lmlab.train.evaluate
+    monkeypatch.setattr(TrainStep, "__call__", lambda self, batches, lr: lrs.append(lr) or step_call(self, batches, lr))
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+
+    def evaluate_in_one_second(*args, **kwargs):
+        clock[0] += 1.0
+        evaluations.append(args[1].name)
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(lmlab.train, "evaluate", evaluate_in_one_second)
+    cfg = compose_config([*CORPUS, *TINY, "train.max_steps=null", "train.eval_every=4", "eval.max_batches=1",
+                          "eval.sample_tokens=0", "logger=none", "schedule.warmup_steps=0", "schedule.decay=cosine"])
+    tokenizer, splits = load_splits(cfg.data, cfg.tokenizer)
+    model = GPT(gpt_config(cfg, tokenizer.vocab_size))
+    tokens_per_step = 8 * 32
+    cfg.train.max_tokens = 40 * tokens_per_step
+    cfg.train.max_flops = 10 * tokens_per_step * model_flops_per_token(model)
+    summary = lmlab.train.train(cfg, model, tokenizer, splits, NoRecords(), tmp_path, to_container(cfg))
+    assert summary["steps"] == len(lrs) == 10
+    assert lrs == pytest.approx([lr_at(step, cfg.schedule, 10) for step in range(10)])
+    assert lrs[-1] < 0.2 * cfg.schedule.peak_lr  # at the end of its decay (0.1 x peak), not a quarter of the way
+    assert evaluations == ["validation"] * 4 + ["test"]  # steps 0, 4, 8, 10, then test
+    assert summary["eval_s"] == len(evaluations)

@@ -5,7 +5,8 @@
 
 Each node is the Optuna class's own arguments (Optuna's defaults). A pruner's steps are the
 tokens a trial has trained on, so its `n_warmup_steps`, `interval_steps`, `min_resource` and
-`max_resource` count tokens.
+`max_resource` count tokens, and `min_resource` defaults to the tokens of a trial's first
+evaluation (trial.make_pruner).
 """
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -64,7 +65,7 @@ class MedianPruner:
 @dataclass
 class SuccessiveHalvingPruner:
     _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
-    min_resource: Any = "auto"
+    min_resource: Any = None  # null: the first evaluation's tokens; "auto": Optuna's guess
     reduction_factor: int = 4
     min_early_stopping_rate: int = 0
     bootstrap_count: int = 0
@@ -73,7 +74,7 @@ class SuccessiveHalvingPruner:
 @dataclass
 class HyperbandPruner:
     _target_: str = "optuna.pruners.HyperbandPruner"
-    min_resource: int = 1
+    min_resource: Optional[int] = None  # null: the first evaluation's tokens
     max_resource: Any = "auto"
     reduction_factor: int = 3
     bootstrap_count: int = 0
@@ -88,8 +89,16 @@ class OptunaSweeperConf:
     direction: str = "minimize"
     study_name: str = "lmlab"
     # An Optuna storage URL several sweepers can share (sqlite:///study.db, postgresql://...);
-    # null: sqlite:///<sweep dir>/optuna.db, so a relaunch into the same sweep dir resumes it.
+    # null: sqlite:///<sweep dir>/optuna.db, so a relaunch into the same sweep dir resumes it. One
+    # with a password is best read from the environment: '${oc.env:OPTUNA_STORAGE}'.
     storage: Optional[str] = None
+    # Optuna's heartbeat: the sweeper marks its running trials alive every heartbeat_interval
+    # seconds; a trial not marked for grace_period (null: twice the interval) was left by a
+    # sweeper that died, and the next sweeper of the study fails it and retries its params, at
+    # most max_retry times.
+    heartbeat_interval: int = 60
+    grace_period: Optional[int] = None
+    max_retry: int = 1
     n_trials: int = 20  # trials in the whole study, those already in it (from any sweeper) included
     n_jobs: int = 1  # trials launched at once, as one batch for the launcher
     # Search space: key -> Hydra's sweep syntax (interval, tag(log, ...), range, choice, a,b,c).

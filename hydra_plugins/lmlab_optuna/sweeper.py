@@ -22,4 +22,4 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: List[str]) -> Any:
         from ._search import search
 
-        return search(self.config, self.launcher, arguments)
+        return search(self.config, self.launcher, arguments, self.hydra_context)
