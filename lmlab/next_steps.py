@@ -1,10 +1,12 @@
 """What `python -m lmlab` prints last, on stdout: where a finished run's files are and the commands
-that use them; after a sweep, the command that reports it. A Hydra callback (conf/config.yaml,
-hydra.callbacks), so a sweep's line is printed once, by the process that launched its jobs."""
+that use them; after a sweep, the command that reports it, or, when every job failed, one line on
+stderr saying so and exit status 1. A Hydra callback (conf/config.yaml, hydra.callbacks), so a
+sweep's line is printed once, by the process that launched its jobs."""
 from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,4 +46,24 @@ class NextSteps(Callback):
             print("\n".join(run_lines(run_dir, prompts[0] if prompts else "")), flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        print("\n".join(sweep_lines(Path(config.hydra.sweep.dir))), flush=True)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failed = all_failed(sweep_dir)
+        if failed:
+            print(f"lmlab: error: every job of the sweep failed ({len(failed)} of {len(failed)}); the first: "
+                  f"{failed[0]}", file=sys.stderr, flush=True)
+            sys.exit(1)
+        print("\n".join(sweep_lines(sweep_dir)), flush=True)
+
+
+def all_failed(sweep_dir: Path) -> list[str]:
+    """Why each job of the sweep failed (its summary's reason), in job-dir order, if none finished;
+    else (or with no job) an empty list."""
+    from lmlab.tracking import FINISHED
+
+    summaries = []
+    for job_dir in sorted(path.parent for path in sweep_dir.glob("*/.hydra")):
+        path = job_dir / "summary.json"
+        summaries.append(json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {})
+    if any(summary.get("status") in FINISHED for summary in summaries):
+        return []
+    return [summary.get("reason") or summary.get("status") or "no summary.json" for summary in summaries]
