@@ -147,9 +147,11 @@ def hydra_main(cfg: DictConfig) -> float:
         return run(cfg, run_dir)
     except Exception as e:
         from lmlab.distributed import this_process
+        from lmlab.run_record import undo_failed_start
 
         reason = f"{type(e).__name__}: {e}"
-        if not summary_path.exists() and this_process().main:
+        gone = not multirun and this_process().main and undo_failed_start(run_dir)
+        if not gone and not summary_path.exists() and this_process().main:
             write_text(summary_path, json.dumps({"status": "failed", "reason": reason}))
         if multirun:
             from lmlab.train import Preempted
@@ -179,7 +181,10 @@ def resume_command(run_dir: Path, multirun: bool) -> str:
 def main() -> None:
     """The `lmlab` command: errors a user can fix are one line on stderr (see lmlab.errors)."""
     from lmlab.errors import report_errors
+    from lmlab.run_record import remember, with_recorded_overrides
 
+    sys.argv[1:] = with_recorded_overrides(sys.argv[1:])
+    remember(sys.argv[1:])
     report_errors(hydra_main)
 
 
