@@ -91,7 +91,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     finally:
         tracker.close()
         distributed.teardown()
-    log.info("done: best val ppl %.2f, test ppl %.2f, %s", summary["best_val_ppl"], summary["test_ppl"], run_dir)
+    if ranks.main:  # one line a launch, not one per process
+        log.info("done: best val ppl %.2f, test ppl %.2f, %s", summary["best_val_ppl"], summary["test_ppl"], run_dir)
     return objective(summary)
 
 

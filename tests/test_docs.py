@@ -253,3 +253,12 @@ def test_config_reference_names_every_key_and_every_group_option():
     unnamed = [f"{group}={option}" for group, options in groups.items() for option in options
                if f"`{option}`" not in rows.get(group, "")]
     assert not unnamed, f"docs/config.md's group table does not list: {unnamed}"
+
+
+def test_what_the_readmes_commands_write_is_ignored_by_git():
+    """outputs/ (runs, sweeps) and hf/ (the README's export) are not offered to `git add`."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("outputs/runs/x/summary.json", "hf/my-model/config.json"):
+        r = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO)
+        assert r.returncode == 0, f"{path} is not ignored (.gitignore)"
