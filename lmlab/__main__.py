@@ -35,7 +35,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     from lmlab.checkpoint import check_same_run, resume_checkpoint
     from lmlab.data import load_splits
     from lmlab.data.floors import load_floors
-    from lmlab.generate import eval_sampler
+    from lmlab.generate import corpus_prompts, eval_sampler
     from lmlab.model import GPT
     from lmlab.step import resolve_device
     from lmlab.tracking import NoRecords, Pruned, Tracker, trial_reporter
@@ -53,6 +53,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         log.warning("bug switch on: bugs.%s puts the seed's bug back on purpose; this run measures its cost", name)
     torch.manual_seed(cfg.train.seed)
     model = GPT(gpt_config(cfg, tokenizer.vocab_size))
+    cfg.eval.sample_prompts = corpus_prompts(cfg, tokenizer, splits["validation"])
     config = to_container(cfg)
     if resume is not None:
         check_same_run(resume, model.cfg, config["data"], tokenizer.ref)

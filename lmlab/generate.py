@@ -123,6 +123,27 @@ def sample(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature
     return Generation(prompt, tokenizer.decode(new), new, stop, seconds)
 
 
+PROMPT_WORDS = 3  # a corpus's own prompts: the first words of its first validation documents
+
+
+def corpus_prompts(cfg, tokenizer, split) -> list[str]:
+    """eval.sample_prompts, unless they are left at the schema's default, WikiText's (" = Valkyria
+    Chronicles = "), on another corpus: then the first PROMPT_WORDS words of as many of `split`'s
+    documents, so that samples continue the run's own kind of text."""
+    from lmlab.config import EvalConfig
+    from lmlab.data.sources import corpus_kind
+    from lmlab.data.tokenizer import EOS
+
+    prompts = list(cfg.eval.sample_prompts)
+    if corpus_kind(cfg.data) == "wikitext" or prompts != EvalConfig().sample_prompts:
+        return prompts
+    ends = [i for i, token in enumerate(split.tokens[:100_000].tolist()) if token == tokenizer.eos_id]
+    starts = [0, *(end + 1 for end in ends)][:len(prompts)]
+    openings = [" ".join(tokenizer.decode(split.tokens[s:s + 4 * PROMPT_WORDS].tolist()).split(EOS)[0].split()
+                         [:PROMPT_WORDS]) for s in starts]
+    return [opening for opening in openings if opening] or prompts
+
+
 def eval_sampler(cfg, tokenizer, tracker, run_dir: Path):
     """The trainer's `on_eval` hook: cfg.eval.sample_tokens tokens for each of
     cfg.eval.sample_prompts, appended to run_dir/samples.jsonl and logged as a W&B table.

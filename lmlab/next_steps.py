@@ -33,6 +33,17 @@ def sweep_lines(sweep_dir: Path) -> list[str]:
             f"next:  python -m lmlab.report {shlex.quote(str(sweep_dir))}   (writes report.md and its plots there)"]
 
 
+def first_prompt(run_dir: Path, config: DictConfig) -> str:
+    """The run's first sample prompt, as it sampled it (samples.jsonl: from its own corpus where the
+    configured prompts are WikiText's, lmlab.generate.corpus_prompts), else as configured."""
+    samples = run_dir / "samples.jsonl"
+    lines = samples.read_text(encoding="utf-8").splitlines() if samples.is_file() else []
+    if lines:
+        return json.loads(lines[0])["prompt"]
+    prompts = config.eval.sample_prompts
+    return prompts[0] if prompts else ""
+
+
 class NextSteps(Callback):
     def on_run_end(self, config: DictConfig, job_return: JobReturn | None = None, **kwargs: Any) -> None:
         from lmlab.distributed import this_process
@@ -42,8 +53,7 @@ class NextSteps(Callback):
         run_dir = Path(job_return.hydra_cfg.hydra.runtime.output_dir)
         summary = run_dir / "summary.json"
         if summary.is_file() and json.loads(summary.read_text(encoding="utf-8")).get("status") == "done":
-            prompts = config.eval.sample_prompts
-            print("\n".join(run_lines(run_dir, prompts[0] if prompts else "")), flush=True)
+            print("\n".join(run_lines(run_dir, first_prompt(run_dir, config))), flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

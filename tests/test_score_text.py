@@ -6,7 +6,7 @@ import json
 import pytest
 
 from lmlab.evaluate import main
-from tests.conftest import corpus_lines
+from tests.conftest import CORPUS, REPO, TINY, corpus_lines, run_cli
 
 
 @pytest.fixture
@@ -31,3 +31,19 @@ def test_a_text_that_is_not_the_runs_corpus_is_scored_whole(tiny_run, texts, cap
     [line] = [line for line in out.err.splitlines() if line.startswith("lmlab.evaluate: scored")]
     assert f"scored {documents} document{'s' * (documents > 1)}, " in line and " tokens: " in line
     assert ("its test/ folder" if where == "only_test" else "all of it") in line
+
+
+def test_a_run_on_another_corpus_samples_and_suggests_prompts_from_its_own_text(tmp_path):
+    """WikiText's sample prompts (" = Valkyria Chronicles = ") are the default; a run on another
+    corpus opens its samples, and its "next: sample it" line, with the openings of its own
+    validation documents instead."""
+    run_dir = tmp_path / "run"
+    r = run_cli([*CORPUS, *TINY, "train.max_steps=2", "train.eval_every=2", "eval.max_batches=1",
+                 "eval.sample_tokens=2", "logger=none", f"hydra.run.dir={run_dir}"], cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    prompts = {json.loads(line)["prompt"] for line in (run_dir / "samples.jsonl").read_text().splitlines()}
+    assert len(prompts) == 3 and not any("Valkyria" in p or "1990" in p or "game" in p for p in prompts)
+    verses = " ".join(line.strip() for line in corpus_lines(31_102))
+    assert all(p.strip() and p.strip() in verses for p in prompts), prompts
+    [suggested] = [line for line in r.stdout.splitlines() if "sample it:" in line]
+    assert "Valkyria" not in suggested and any(p.strip() in suggested for p in prompts), suggested
