@@ -178,14 +178,14 @@ def run_config(args: EvaluateConfig, overrides: list[str], run: dict):
 
 def main(argv: list[str] | None = None) -> dict:
     from lmlab.checkpoint import load_model
-    from lmlab.cli import parse_key_values
+    from lmlab.cli import HELP_FLAGS, parse_key_values
     from lmlab.errors import exit_bad_input, user_errors
     from lmlab.step import compute_context, resolve_device
 
     argv = sys.argv[1:] if argv is None else argv
-    own = [a for a in argv if a.split("=")[0] in EvaluateConfig.__dataclass_fields__]
+    own = [a for a in argv if a.split("=")[0] in EvaluateConfig.__dataclass_fields__ or a in HELP_FLAGS]
     try:
-        args = parse_key_values(EvaluateConfig, own, verbatim=("checkpoint", "out"))
+        args = parse_key_values(EvaluateConfig, own, verbatim=("checkpoint", "out"), doc=__doc__)
         model, tokenizer, ckpt = load_model(args.checkpoint)
         cfg = run_config(args, [a for a in argv if a not in own], ckpt["config"])
         device = resolve_device(cfg.train.device)

@@ -1,0 +1,29 @@
+"""Every `python -m lmlab.X` a page of docs/ names has a console script beside it, and each prints
+its own usage page on --help and exits 0."""
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+BIN = Path(sys.executable).parent
+
+
+def test_every_entry_point_has_a_console_script():
+    modules = {"lmlab", "lmlab.generate", "lmlab.evaluate", "lmlab.export", "lmlab.report", "lmlab.rescore",
+               "lmlab.bench", "lmlab.lmeval"}
+    assert {target.split(":")[0].removesuffix(".__main__") for target in SCRIPTS.values()} >= modules
+    assert {"lmlab-evaluate", "lmlab-rescore", "lmlab-bench"} <= set(SCRIPTS)
+
+
+@pytest.mark.parametrize("script, says", [("lmlab-evaluate", "checkpoint="), ("lmlab-rescore", "DIR"),
+                                          ("lmlab-export", "out=")])
+def test_a_console_script_prints_its_usage_on_help(script, says):
+    if not (BIN / script).exists():
+        pytest.skip(f"{script} is not installed in this environment: pip install -e . again")
+    r = subprocess.run([str(BIN / script), "--help"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and says in r.stdout, r.stderr[-2000:]
