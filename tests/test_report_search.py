@@ -68,3 +68,22 @@ def test_a_sweep_whose_jobs_all_failed_gets_no_plots(tmp_path):
         _job(tmp_path, num, [f"model.d_ff_ratio={ratio}"], {"status": "failed", "reason": "DataError: no data"}, [])
     report = write_report(tmp_path).read_text()
     assert not list(tmp_path.glob("*.png")) and "No plots: no job finished." in report
+
+
+def test_curves_start_where_the_drawn_points_do_and_one_seed_draws_no_spread_bar(tmp_path, monkeypatch):
+    from lmlab.report import plots
+
+    figures = {}
+
+    def keep(fig, path):
+        figures[path.name] = fig
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    for num, ratio in enumerate((1, 2)):  # one seed an arm; the untrained loss far above the rest
+        _job(tmp_path, num, [f"model.d_ff_ratio={ratio}"], _done(100.0 - ratio, 101.0 - ratio), [9.0, 5.0, 4.6])
+    write_report(tmp_path)
+    curves = figures["val_loss_curves.png"].axes[0]
+    assert curves.get_ylim()[1] < 9.0 and curves.get_xlim()[0] > 500  # step 0 (0 tokens) is off the axis
+    arms = figures["test_loss_by_arm.png"].axes[0]
+    assert not arms.containers  # no mean-and-SD bar for an arm of one seed
