@@ -27,3 +27,17 @@ def test_a_console_script_prints_its_usage_on_help(script, says):
         pytest.skip(f"{script} is not installed in this environment: pip install -e . again")
     r = subprocess.run([str(BIN / script), "--help"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and says in r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("given, says", [
+    ("text", "is not an lmlab checkpoint: not a file torch.save wrote (a checkpoint is a zip archive)"),
+    ("run", "is a run dir, not a checkpoint: give one of its checkpoints, e.g. checkpoint={run}/checkpoints/best.pt"),
+])
+def test_a_checkpoint_that_is_not_one_is_named_for_what_it_is(tmp_path, given, says):
+    from lmlab.checkpoint import CheckpointError, load_checkpoint
+
+    (tmp_path / "text").write_text("In the beginning God created the heaven and the earth.\n")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / given)
+    assert says.format(run=tmp_path / "run") in str(e.value)
