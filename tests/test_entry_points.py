@@ -41,3 +41,22 @@ def test_a_checkpoint_that_is_not_one_is_named_for_what_it_is(tmp_path, given, s
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(tmp_path / given)
     assert says.format(run=tmp_path / "run") in str(e.value)
+
+
+@pytest.mark.parametrize("module", ["lmlab.generate", "lmlab.rescore"])
+def test_help_answers_without_loading_torch(module):
+    """torch's import is most of a --help's seconds: an entry point imports it where it is used."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "--help"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "key=value" in r.stdout + r.stderr, r.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported
+
+
+def test_a_help_page_read_only_in_part_is_no_error():
+    """`lmlab-generate --help | head -1`: the reader closes the pipe before the page is written."""
+    proc = subprocess.Popen([sys.executable, "-m", "lmlab.generate", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "BrokenPipeError" not in err and "Broken pipe" not in err, err
