@@ -151,12 +151,13 @@ def test_isoflop_sweep_stops_each_size_at_each_flops_budget():
         assert steps == math.ceil(budget / (flops_tok * tokens_per_step))  # the cosine horizon is the budget's
 
 
-@needs_mini  # the study's corpus at scale=cpu: WikiText's articles pooled (data=wikitext2_pool), validation and test carved
+@needs_mini  # the study's corpus at scale=cpu: WikiText's articles pooled (data=wikitext2_pool)
 def test_rootcause_stage1_jobs_run_at_equal_tokens_and_steps(tmp_path):
     """Two arms of stage 1 end to end, shrunk to two steps: the context arm takes the baseline's
     tokens in half the rows, and its test is also scored on the baseline's windows."""
     sweep_dir = tmp_path / "rootcause"
-    r = run_cli(["-m", "sweep=rootcause", "scale=cpu", "data=wikitext2_pool", "+variant=baseline,context", "schedule.peak_lr=1e-3",
+    r = run_cli(["-m", "sweep=rootcause", "scale=cpu", "data=wikitext2_pool", "+variant=baseline,context",
+                 "schedule.peak_lr=1e-3",
                  f"data.local_dir={MINI}", "tokenizer.vocab_size=512", "train.max_tokens=4096", "eval.max_batches=2",
                  "eval.sample_tokens=0", "logger=none", f"hydra.sweep.dir={sweep_dir}"], cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -139,7 +139,8 @@ def plot_val_curves(jobs: list[Job], keys: list[str], out: Path, floors: dict | 
     for job, points in curves:
         arm = name_of[id(job)]
         name = arm if len(arms) <= 10 else f"#{job.num}"  # many arms (a search): the table has the values
-        line_label = None if arm in labelled else name + ("" if job.done else " (pruned)" if job.pruned else " (failed)")
+        ended = "" if job.done else " (pruned)" if job.pruned else " (failed)"
+        line_label = None if arm in labelled else name + ended
         labelled.add(arm)
         ax.plot([t for t, _ in points], [v for _, v in points], marker="o", markersize=3,
                 color=colors(arms.index(arm) % colors.N),
