@@ -43,7 +43,7 @@ def test_a_checkpoint_that_is_not_one_is_named_for_what_it_is(tmp_path, given, s
     assert says.format(run=tmp_path / "run") in str(e.value)
 
 
-@pytest.mark.parametrize("module", ["lmlab.generate", "lmlab.rescore"])
+@pytest.mark.parametrize("module", ["lmlab.generate", "lmlab.export", "lmlab.rescore"])
 def test_help_answers_without_loading_torch(module):
     """torch's import is most of a --help's seconds: an entry point imports it where it is used."""
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "--help"], capture_output=True, text=True,
