@@ -9,7 +9,7 @@ import hashlib
 import importlib.util
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -216,6 +216,13 @@ class BenchConfig:
     out: Optional[str] = None  # append each row as a JSON line to this file
 
 
+def bench_keys() -> str:
+    """`${lmlab.bench_keys:}`: the bench's own keys with their defaults, a line each, for its --help page."""
+    shown = {True: "true", False: "false", None: "null"}
+    return "\n".join(f"  bench.{f.name}={shown[value] if value is None or isinstance(value, bool) else value}"
+                     for f in fields(BenchConfig) for value in [getattr(BenchConfig(), f.name)])
+
+
 @dataclass
 class BenchRunConfig(Config):
     bench: BenchConfig = field(default_factory=BenchConfig)
@@ -238,6 +245,7 @@ def register_configs(bench: bool = False) -> None:
     OmegaConf.register_new_resolver("lmlab.rows", rows_of, replace=True)
     OmegaConf.register_new_resolver("lmlab.package_dir", package_dir, replace=True)
     OmegaConf.register_new_resolver("lmlab.options", options_page, replace=True)
+    OmegaConf.register_new_resolver("lmlab.bench_keys", bench_keys, replace=True)
     OmegaConf.register_new_resolver("lmlab.dirname", lambda: job_dirname(job_name()), replace=True)
     # Cached, so Hydra carries the value into every job of a sweep (as it does `now`).
     OmegaConf.register_new_resolver("lmlab.launch", launch_stamp, replace=True, use_cache=True)

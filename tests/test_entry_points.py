@@ -60,3 +60,13 @@ def test_a_help_page_read_only_in_part_is_no_error():
     proc.stdout.close()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "BrokenPipeError" not in err and "Broken pipe" not in err, err
+
+
+def test_the_bench_help_page_names_the_bench_keys(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "lmlab.bench", "--help"], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("lmlab.bench: ") and "python -m lmlab.bench" in r.stdout
+    for key in ("bench.steps=10", "bench.windows=5", "bench.compare=none", "bench.data=false", "bench.out=null"):
+        assert f"  {key}\n" in r.stdout, r.stdout[:3000]
+    assert "model:" in r.stdout  # the trainer's groups are the bench's too
