@@ -87,3 +87,15 @@ def test_curves_start_where_the_drawn_points_do_and_one_seed_draws_no_spread_bar
     assert curves.get_ylim()[1] < 9.0 and curves.get_xlim()[0] > 500  # step 0 (0 tokens) is off the axis
     arms = figures["test_loss_by_arm.png"].axes[0]
     assert not arms.containers  # no mean-and-SD bar for an arm of one seed
+
+
+def test_with_one_evaluation_after_step_0_the_curves_are_drawn_whole(tmp_path, monkeypatch):
+    from lmlab.report import plots
+
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(path.name, fig) and path)
+    for num, ratio in enumerate((1, 2)):  # evaluations at 0 tokens and at the end only
+        _job(tmp_path, num, [f"model.d_ff_ratio={ratio}"], _done(100.0 - ratio, 101.0 - ratio), [9.0, 4.6])
+    write_report(tmp_path)
+    curves = figures["val_loss_curves.png"].axes[0]
+    assert curves.get_xlim()[0] <= 0 < 1000 <= curves.get_xlim()[1] and curves.get_ylim()[1] >= 9.0

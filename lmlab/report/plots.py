@@ -146,10 +146,12 @@ def plot_val_curves(jobs: list[Job], keys: list[str], out: Path, floors: dict | 
                 color=colors(arms.index(arm) % colors.N),
                 linestyle=styles[seeds.index(job.overrides.get(SEED_KEY)) % len(styles)], label=line_label)
     # The untrained step-0 loss (about ln(vocab size)) would squash every later difference into a
-    # sliver, so the axis starts from the first evaluation after training began.
+    # sliver, so the axis starts from the first evaluation after training began; with a single
+    # evaluation after it there is no curve to show but the one from step 0, drawn whole.
     later = [v for _, points in curves for t, v in points if t > 0]
+    later_tokens = sorted({t for _, points in curves for t, _ in points if t > 0})
     untrained = [v for _, points in curves for t, v in points if t == 0]
-    if later:
+    if len(later_tokens) >= 2:
         low, high = min(later), max(later)
         pad = 0.05 * (high - low or high)
         drawn = _floor_lines(ax, floors, "val_loss", low - 4 * pad, high + pad)
@@ -158,9 +160,8 @@ def plot_val_curves(jobs: list[Job], keys: list[str], out: Path, floors: dict | 
             ax.text(0.99, 0.98, f"untrained (0 tokens): up to {max(untrained):.2f}, above the axis",
                     transform=ax.transAxes, ha="right", va="top", fontsize=8, color="0.3")
             # The step-0 points are off the axis, so the x-axis starts where the drawn points do.
-            tokens = [t for _, points in curves for t, _ in points if t > 0]
-            span = max(tokens) - min(tokens)
-            ax.set_xlim(min(tokens) - 0.05 * (span or min(tokens)), max(tokens) + 0.05 * (span or min(tokens)))
+            span = later_tokens[-1] - later_tokens[0]
+            ax.set_xlim(later_tokens[0] - 0.05 * span, later_tokens[-1] + 0.05 * span)
     ax.xaxis.set_major_formatter(EngFormatter())
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation loss (nats/token)")
