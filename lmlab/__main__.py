@@ -38,7 +38,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     from lmlab.data import load_splits
     from lmlab.data.floors import load_floors
     from lmlab.errors import Preempted
-    from lmlab.generate import eval_sampler, last_samples_quality
+    from lmlab.generate import corpus_prompts, eval_sampler, last_samples_quality
     from lmlab.model import GPT
     from lmlab.step import resolve_device
     from lmlab.tracking import NoRecords, Pruned, Tracker, trial_reporter
@@ -56,6 +56,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         log.warning("bug switch on: bugs.%s puts the seed's bug back on purpose; this run measures its cost", name)
     torch.manual_seed(cfg.train.seed)
     model = GPT(gpt_config(cfg, tokenizer.vocab_size))
+    cfg.eval.sample_prompts = corpus_prompts(cfg, tokenizer, splits["validation"])
     config = to_container(cfg)
     if resume is not None:
         check_same_run(resume, model.cfg, config["data"], tokenizer.ref)
@@ -96,7 +97,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     finally:
         tracker.close()
         distributed.teardown()
-    log.info("done: best val ppl %.2f, test ppl %.2f, %s", summary["best_val_ppl"], summary["test_ppl"], run_dir)
+    if ranks.main:  # one line a launch, not one per process
+        log.info("done: best val ppl %.2f, test ppl %.2f, %s", summary["best_val_ppl"], summary["test_ppl"], run_dir)
     return objective(summary)
 
 
@@ -155,9 +157,11 @@ def hydra_main(cfg: DictConfig) -> float:
         return run(cfg, run_dir)
     except Exception as e:
         from lmlab.distributed import this_process
+        from lmlab.run_record import undo_failed_start
 
         reason = f"{type(e).__name__}: {e}"
-        if not summary_path.exists() and this_process().main:
+        gone = not multirun and this_process().main and undo_failed_start(run_dir)
+        if not gone and not summary_path.exists() and this_process().main:
             write_text(summary_path, json.dumps({"status": "failed", "reason": reason}))
         if multirun:
             from lmlab.errors import Preempted
@@ -187,7 +191,10 @@ def resume_command(run_dir: Path, multirun: bool) -> str:
 def main() -> None:
     """The `lmlab` command: errors a user can fix are one line on stderr (see lmlab.errors)."""
     from lmlab.errors import report_errors
+    from lmlab.run_record import remember, with_recorded_overrides
 
+    sys.argv[1:] = with_recorded_overrides(sys.argv[1:])
+    remember(sys.argv[1:])
     report_errors(hydra_main)
 
 

@@ -13,6 +13,7 @@ import os
 import pickle
 import threading
 import time
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -223,6 +224,13 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """A checkpoint's contents, checked against its checksum. A file that is not one is named in
     one line; torch's own message would advise loading it with weights_only=False, which runs any
     code the file holds."""
+    if Path(path).is_dir():
+        name = "a run dir" if (Path(path) / "checkpoints").is_dir() else "a directory"
+        raise CheckpointError(f"{path} is {name}, not a checkpoint: give one of its checkpoints, e.g. "
+                              f"checkpoint={Path(path) / 'checkpoints' / 'best.pt'}")
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise CheckpointError(f"{path} is not an lmlab checkpoint: not a file torch.save wrote (a checkpoint is a "
+                              "zip archive), or one cut short")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:

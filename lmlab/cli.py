@@ -2,6 +2,8 @@
 page their `--help` (or `-h`) prints."""
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import fields
 from typing import TypeVar
 
@@ -29,14 +31,24 @@ def usage(schema: type, doc: str) -> str:
     return "\n".join([head, "", "keys, as key=value in any order (defaults shown):", *lines])
 
 
+def print_page(text: str) -> None:
+    """Print a --help page and exit 0. A reader that stops early (`| head -2`) is no error: stdout
+    goes to devnull, so the interpreter's last flush finds no broken pipe (Python's docs, "Note on
+    SIGPIPE")."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(0)
+
+
 def parse_key_values(schema: type[T], argv: list[str], verbatim: tuple[str, ...] = (), doc: str = "") -> T:
     """key=value arguments into a typed `schema` dataclass; required fields are its MISSING ones.
     Keys in `verbatim` are taken as typed: YAML parsing would strip a prompt's leading space (which
     BPE keeps), read `a: b` as a mapping, or turn a path named `null` into None. `-h` or `--help`
     prints `usage(schema, doc)` and exits 0, as argparse does."""
     if any(arg in HELP_FLAGS for arg in argv):
-        print(usage(schema, doc))
-        raise SystemExit(0)
+        print_page(usage(schema, doc))
     cfg = OmegaConf.structured(schema)
     keys = [f.name for f in fields(schema)]
     for arg in argv:

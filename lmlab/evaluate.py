@@ -164,18 +164,21 @@ class EvaluateConfig:
     out: Optional[str] = None  # also write the metrics and scores to this JSON file
 
 
-def tokenized_split(tokenizer, data_cfg, split: str) -> Split:
+def tokenized_split(tokenizer, data_cfg, split: str, own_corpus: bool = True) -> tuple[Split, str]:
     """`split` of the corpus `data_cfg` names, as one token stream in `tokenizer`'s ids (each
-    document ended by EOS, as the token cache writes it), with its word and byte counts."""
-    from lmlab.data.sources import split_text
+    document ended by EOS, as the token cache writes it), with its word and byte counts; and what
+    was read, in words. The run's own corpus is split as its training carved it; any other text is
+    scored whole where it has no such split (sources.text_to_score)."""
+    from lmlab.data.sources import split_text, text_to_score
     from lmlab.data.tokens import token_dtype, write_tokens
 
-    text = split_text(data_cfg, split)
+    text, what = (split_text(data_cfg, split), f"the run's {split} split") if own_corpus else \
+        text_to_score(data_cfg, split)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{split}.bin"
         write_tokens(tokenizer, text.documents, path, split)
         tokens = np.fromfile(path, dtype=token_dtype(tokenizer.vocab_size))
-    return Split(split, tokens, len(text.documents), text.n_words, text.n_bytes)
+    return Split(split, tokens, len(text.documents), text.n_words, text.n_bytes), what
 
 
 def run_config(args: EvaluateConfig, overrides: list[str], run: dict):
@@ -206,19 +209,22 @@ def run_config(args: EvaluateConfig, overrides: list[str], run: dict):
 
 def main(argv: list[str] | None = None) -> dict:
     from lmlab.checkpoint import load_model
-    from lmlab.cli import parse_key_values
+    from lmlab.cli import HELP_FLAGS, parse_key_values
     from lmlab.errors import exit_bad_input, user_errors
     from lmlab.step import compute_context, resolve_device
 
     argv = sys.argv[1:] if argv is None else argv
-    own = [a for a in argv if a.split("=")[0] in EvaluateConfig.__dataclass_fields__]
+    own = [a for a in argv if a.split("=")[0] in EvaluateConfig.__dataclass_fields__ or a in HELP_FLAGS]
     try:
-        args = parse_key_values(EvaluateConfig, own, verbatim=("checkpoint", "out"))
+        args = parse_key_values(EvaluateConfig, own, verbatim=("checkpoint", "out"), doc=__doc__)
         model, tokenizer, ckpt = load_model(args.checkpoint)
         cfg = run_config(args, [a for a in argv if a not in own], ckpt["config"])
         device = resolve_device(cfg.train.device)
         model.to(device)
-        split = tokenized_split(tokenizer, cfg.data, args.split)
+        own_corpus = not any(a.lstrip("+~").split("=")[0].split(".")[0] == "data" for a in argv if a not in own)
+        split, what = tokenized_split(tokenizer, cfg.data, args.split, own_corpus)
+        print(f"lmlab.evaluate: scored {split.n_docs:,} document{'s' * (split.n_docs != 1)}, "
+              f"{len(split.tokens):,} tokens: {what}", file=sys.stderr)
 
         seed = ckpt["config"]["train"]["seed"] if args.seed is None else args.seed
 

@@ -15,13 +15,16 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import MISSING
 
-from lmlab.checkpoint import CheckpointError, load_model
 from lmlab.cli import parse_key_values
-from lmlab.data.tokenizer import EOS, Tokenizer
+
+if TYPE_CHECKING:  # torch and the tokenizer are imported where used, so --help answers without them
+    import torch
+
+    from lmlab.data.tokenizer import Tokenizer
 
 # lmlab parameter name -> GPT2LMHeadModel's. lm_head.weight is tied to wte in both.
 _RENAMES = [
@@ -109,6 +112,8 @@ def _gpt2_backend(encoding):
     """tiktoken's GPT-2 encoding as a `tokenizers` BPE, through transformers' own converter."""
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
+    from lmlab.data.tokenizer import EOS
+
     class FromEncoding(TikTokenConverter):
         def load_tiktoken_bpe(self, _url):  # the ranks are in memory already, no file to read
             return encoding._mergeable_ranks
@@ -123,6 +128,8 @@ def fast_tokenizer(tokenizer: Tokenizer, max_length: int):
     from tokenizers import Tokenizer as Backend
     from transformers import PreTrainedTokenizerFast
 
+    from lmlab.data.tokenizer import EOS
+
     if tokenizer.ref["kind"] == "bpe":
         backend = Backend.from_str(tokenizer.ref["json"])
     else:
@@ -133,6 +140,8 @@ def fast_tokenizer(tokenizer: Tokenizer, max_length: int):
 
 def check_logits(model, hf_model) -> float:
     """Max |logit difference| on one fixed batch of token ids; raises when beyond LOGITS_ATOL."""
+    import torch
+
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.cfg.vocab_size, (2, model.cfg.max_seq_len), generator=generator)
     with torch.no_grad():
@@ -145,6 +154,8 @@ def check_logits(model, hf_model) -> float:
 
 def export(checkpoint: str | Path, out: str | Path) -> Path:
     """Write `out` (config.json, generation_config.json, model.safetensors, tokenizer files)."""
+    from lmlab.checkpoint import load_model
+
     return export_loaded(*load_model(checkpoint), out, checkpoint)
 
 
@@ -173,9 +184,14 @@ def export_loaded(model, tokenizer: Tokenizer, ckpt: dict, out: str | Path, chec
 def main(argv: list[str] | None = None) -> None:
     from lmlab.errors import exit_bad_input
 
-    try:
+    try:  # --help answers here, before torch loads
         cfg = parse_key_values(ExportConfig, sys.argv[1:] if argv is None else argv, verbatim=("checkpoint", "out"),
                                doc=__doc__)
+    except ValueError as e:
+        exit_bad_input(e, "lmlab.export")
+    from lmlab.checkpoint import CheckpointError
+
+    try:
         out = export(cfg.checkpoint, cfg.out)
     except (ValueError, CheckpointError, OSError) as e:
         exit_bad_input(e, "lmlab.export")

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
 from omegaconf import MISSING
 from omegaconf.errors import OmegaConfBaseException
 
@@ -58,6 +57,8 @@ class Generation:
 def next_token_probs(logits: torch.Tensor, temperature: float, top_k: int | None,
                      top_p: float | None) -> torch.Tensor:
     """The sampling distribution over the vocabulary from one position's logits."""
+    import torch
+
     if temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(), logits.numel()).float()
     logits = logits.float() / temperature
@@ -85,43 +86,66 @@ def _check(temperature: float, top_k: int | None, top_p: float | None, max_new_t
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
 
 
-@torch.no_grad()
 def sample(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
            top_k: int | None = 50, top_p: float | None = 0.95,
            generator: torch.Generator | None = None) -> Generation:
     """Continue `prompt` in eval mode (the caller's mode is restored). Draws from `generator`
     (a CPU generator; the global RNG when None): the trainer passes its own, so a run that samples
     at its evaluations stays bit-for-bit the run it would have been."""
+    import torch
+
     _check(temperature, top_k, top_p, max_new_tokens)
     ids = [tokenizer.eos_id] + tokenizer.encode(prompt)
     context = model.cfg.max_seq_len
     if len(ids) > context:
         raise ValueError(f"the prompt is {len(ids) - 1} tokens; with the leading EOS that exceeds the "
                          f"model's context of max_seq_len={context} tokens")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        started = time.perf_counter()
-        cache = model.new_cache()
-        logits = model(torch.tensor([ids], device=device), cache=cache)[0, -1]
-        new, stop = [], "max_new_tokens"
-        while len(new) < max_new_tokens:
-            if new:
-                if len(ids) + len(new) > context:
-                    stop = "context"
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            started = time.perf_counter()
+            cache = model.new_cache()
+            logits = model(torch.tensor([ids], device=device), cache=cache)[0, -1]
+            new, stop = [], "max_new_tokens"
+            while len(new) < max_new_tokens:
+                if new:
+                    if len(ids) + len(new) > context:
+                        stop = "context"
+                        break
+                    logits = model(torch.tensor([new[-1:]], device=device), cache=cache)[0, -1]
+                probs = next_token_probs(logits, temperature, top_k, top_p).cpu()
+                token = int(torch.multinomial(probs, 1, generator=generator))
+                if token == tokenizer.eos_id:
+                    stop = "eos"
                     break
-                logits = model(torch.tensor([new[-1:]], device=device), cache=cache)[0, -1]
-            probs = next_token_probs(logits, temperature, top_k, top_p).cpu()
-            token = int(torch.multinomial(probs, 1, generator=generator))
-            if token == tokenizer.eos_id:
-                stop = "eos"
-                break
-            new.append(token)
-        seconds = time.perf_counter() - started
-    finally:
-        model.train(was_training)
+                new.append(token)
+            seconds = time.perf_counter() - started
+        finally:
+            model.train(was_training)
     return Generation(prompt, tokenizer.decode(new), new, stop, seconds)
+
+
+PROMPT_WORDS = 3  # a corpus's own prompts: the first words of its first validation documents
+
+
+def corpus_prompts(cfg, tokenizer, split) -> list[str]:
+    """eval.sample_prompts, unless they are left at the schema's default, WikiText's (" = Valkyria
+    Chronicles = "), on another corpus: then the first PROMPT_WORDS words of as many of `split`'s
+    documents, so that samples continue the run's own kind of text."""
+    from lmlab.config import EvalConfig
+    from lmlab.data.sources import corpus_kind
+    from lmlab.data.tokenizer import EOS
+
+    prompts = list(cfg.eval.sample_prompts)
+    if corpus_kind(cfg.data) == "wikitext" or prompts != EvalConfig().sample_prompts:
+        return prompts
+    ends = [i for i, token in enumerate(split.tokens[:100_000].tolist()) if token == tokenizer.eos_id]
+    starts = [0, *(end + 1 for end in ends)][:len(prompts)]
+    openings = [" ".join(tokenizer.decode(split.tokens[s:s + 4 * PROMPT_WORDS].tolist()).split(EOS)[0].split()
+                         [:PROMPT_WORDS]) for s in starts]
+    return [opening for opening in openings if opening] or prompts
 
 
 def eval_sampler(cfg, tokenizer, tracker, run_dir: Path):
@@ -130,6 +154,8 @@ def eval_sampler(cfg, tokenizer, tracker, run_dir: Path):
     None when cfg.eval.sample_tokens is 0."""
     if not cfg.eval.sample_tokens or not cfg.eval.sample_prompts:
         return None
+    import torch
+
     prompts, n_tokens, seed = list(cfg.eval.sample_prompts), cfg.eval.sample_tokens, cfg.train.seed
 
     def on_eval(model, state, final: bool = False) -> None:
@@ -160,12 +186,18 @@ def parse_args(argv: list[str]) -> GenerateConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lmlab.checkpoint import CheckpointError, load_model
     from lmlab.errors import exit_bad_input
+
+    try:
+        cfg = parse_args(sys.argv[1:] if argv is None else argv)  # --help answers here, before torch loads
+    except (ValueError, OmegaConfBaseException) as e:
+        exit_bad_input(e, "lmlab.generate")
+    import torch
+
+    from lmlab.checkpoint import CheckpointError, load_model
     from lmlab.step import resolve_device
 
     try:
-        cfg = parse_args(sys.argv[1:] if argv is None else argv)
         device = resolve_device(cfg.device)
         model, tokenizer, _ = load_model(cfg.checkpoint, map_location=device)
         out = sample(model, tokenizer, cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k,

@@ -1,10 +1,12 @@
 """What `python -m lmlab` prints last, on stdout: where a finished run's files are and the commands
-that use them; after a sweep, the command that reports it. A Hydra callback (conf/config.yaml,
-hydra.callbacks), so a sweep's line is printed once, by the process that launched its jobs."""
+that use them; after a sweep, the command that reports it, or, when every job failed, one line on
+stderr saying so and exit status 1. A Hydra callback (conf/config.yaml, hydra.callbacks), so a
+sweep's line is printed once, by the process that launched its jobs."""
 from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,17 @@ def sweep_lines(sweep_dir: Path) -> list[str]:
             f"next:  python -m lmlab.report {shlex.quote(str(sweep_dir))}   (writes report.md and its plots there)"]
 
 
+def first_prompt(run_dir: Path, config: DictConfig) -> str:
+    """The run's first sample prompt, as it sampled it (samples.jsonl: from its own corpus where the
+    configured prompts are WikiText's, lmlab.generate.corpus_prompts), else as configured."""
+    samples = run_dir / "samples.jsonl"
+    lines = samples.read_text(encoding="utf-8").splitlines() if samples.is_file() else []
+    if lines:
+        return json.loads(lines[0])["prompt"]
+    prompts = config.eval.sample_prompts
+    return prompts[0] if prompts else ""
+
+
 class NextSteps(Callback):
     def on_run_end(self, config: DictConfig, job_return: JobReturn | None = None, **kwargs: Any) -> None:
         from lmlab.distributed import this_process
@@ -40,8 +53,27 @@ class NextSteps(Callback):
         run_dir = Path(job_return.hydra_cfg.hydra.runtime.output_dir)
         summary = run_dir / "summary.json"
         if summary.is_file() and json.loads(summary.read_text(encoding="utf-8")).get("status") == "done":
-            prompts = config.eval.sample_prompts
-            print("\n".join(run_lines(run_dir, prompts[0] if prompts else "")), flush=True)
+            print("\n".join(run_lines(run_dir, first_prompt(run_dir, config))), flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        print("\n".join(sweep_lines(Path(config.hydra.sweep.dir))), flush=True)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failed = all_failed(sweep_dir)
+        if failed:
+            print(f"lmlab: error: every job of the sweep failed ({len(failed)} of {len(failed)}); the first: "
+                  f"{failed[0]}", file=sys.stderr, flush=True)
+            sys.exit(1)
+        print("\n".join(sweep_lines(sweep_dir)), flush=True)
+
+
+def all_failed(sweep_dir: Path) -> list[str]:
+    """Why each job of the sweep failed (its summary's reason), in job-dir order, if none finished;
+    else (or with no job) an empty list."""
+    from lmlab.tracking import FINISHED
+
+    summaries = []
+    for job_dir in sorted(path.parent for path in sweep_dir.glob("*/.hydra")):
+        path = job_dir / "summary.json"
+        summaries.append(json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {})
+    if any(summary.get("status") in FINISHED for summary in summaries):
+        return []
+    return [summary.get("reason") or summary.get("status") or "no summary.json" for summary in summaries]

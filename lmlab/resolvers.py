@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from lmlab.config import (SCHEMA_PREFIX, BenchRunConfig, Config, ConfigError, DataConfig, EvalConfig,
+from lmlab.config import (SCHEMA_PREFIX, BenchConfig, BenchRunConfig, Config, ConfigError, DataConfig, EvalConfig,
                           LoggerConfig, ModelConfig, ScheduleConfig, TokenizerConfig, TrainConfig)
 
 
@@ -29,9 +30,17 @@ def register_configs(bench: bool = False) -> None:
     OmegaConf.register_new_resolver("lmlab.rows", rows_of, replace=True)
     OmegaConf.register_new_resolver("lmlab.package_dir", package_dir, replace=True)
     OmegaConf.register_new_resolver("lmlab.options", options_page, replace=True)
+    OmegaConf.register_new_resolver("lmlab.bench_keys", bench_keys, replace=True)
     OmegaConf.register_new_resolver("lmlab.dirname", lambda: job_dirname(job_name()), replace=True)
     # Cached, so Hydra carries the value into every job of a sweep (as it does `now`).
     OmegaConf.register_new_resolver("lmlab.launch", launch_stamp, replace=True, use_cache=True)
+
+
+def bench_keys() -> str:
+    """`${lmlab.bench_keys:}`: the bench's own keys with their defaults, a line each, for its --help page."""
+    shown = {True: "true", False: "false", None: "null"}
+    return "\n".join(f"  bench.{f.name}={shown[value] if value is None or isinstance(value, bool) else value}"
+                     for f in fields(BenchConfig) for value in [getattr(BenchConfig(), f.name)])
 
 
 def rows_of(tokens: int, context: int) -> int:

@@ -5,6 +5,7 @@ Reads numbers and writes files; never touches tensors.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import netrc
 import os
@@ -15,6 +16,11 @@ from lmlab.atomic import write_text
 
 # A run's summary.json status when it ended as planned: done, or pruned by its Optuna study.
 FINISHED = ("done", "pruned")
+# How long the W&B server gets to answer before a run records offline: wandb.init itself retries
+# an unreachable server for about 100 s, then raises.
+PROBE_TIMEOUT_S = 5
+
+log = logging.getLogger("lmlab")
 
 
 def _finite(record: dict) -> dict:
@@ -29,6 +35,47 @@ def wandb_mode(logger_cfg) -> str:
     if os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
         return os.environ["WANDB_MODE"]
     return "online" if has_api_key() else "offline"
+
+
+def asked_online(logger_cfg) -> bool:
+    """Whether the user asked for online records only (logger.mode or WANDB_MODE), rather than
+    getting online because a key is configured."""
+    return (logger_cfg.mode or os.environ.get("WANDB_MODE")) == "online"
+
+
+def wandb_server() -> str:
+    """The W&B server runs talk to: WANDB_BASE_URL, else W&B's own."""
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").rstrip("/")
+
+
+def unreachable(url: str) -> str | None:
+    """Why the server at `url` does not answer within PROBE_TIMEOUT_S, else None. Any HTTP answer,
+    an error status included, means it is there."""
+    import requests
+
+    try:
+        requests.head(url, timeout=PROBE_TIMEOUT_S)
+    except requests.RequestException as e:
+        return type(e).__name__
+    return None
+
+
+def online_or_offline(logger_cfg, run_dir: Path) -> str:
+    """The W&B mode a run starts in: wandb_mode's, but offline, said in one line, when the server
+    cannot be reached; a ConfigError, before anything is written, when online was asked for."""
+    from lmlab.config import ConfigError
+
+    mode = wandb_mode(logger_cfg)
+    why = unreachable(wandb_server()) if mode == "online" else None
+    if why is None:
+        return mode
+    if asked_online(logger_cfg):
+        raise ConfigError("logger.mode", f"online, but the W&B server {wandb_server()} cannot be reached ({why}): "
+                                         "logger.mode=offline records now for `wandb sync` later; logger=none "
+                                         "keeps local records only")
+    log.warning("W&B: the server %s cannot be reached (%s): recording offline; upload later with: "
+                "wandb sync %s/wandb/offline-run-*", wandb_server(), why, run_dir)
+    return "offline"
 
 
 def has_api_key() -> bool:
@@ -55,7 +102,7 @@ class Tracker:
 
             self.run = wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, group=group,
                                   name=name, tags=[*logger_cfg.tags, *tags], config=config,
-                                  dir=str(self.run_dir), mode=wandb_mode(logger_cfg),
+                                  dir=str(self.run_dir), mode=online_or_offline(logger_cfg, self.run_dir),
                                   id=resume_id, resume="allow" if resume_id else None)
             self.run.define_metric("tokens")
             self.run.define_metric("*", step_metric="tokens")

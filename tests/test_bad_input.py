@@ -24,7 +24,7 @@ CASES = [
     ("unknown group option", ["model=optionB"],
      "Could not find 'model/optionB'; Available options in 'model': mini, optionA, optionC, small, tiny"),
     ("unknown data option", ["data=wikitext5"],
-     "Could not find 'data/wikitext5'; Available options in 'data': hub, kjv, text, wikitext103, wikitext2"),
+     "Could not find 'data/wikitext5'; Available options in 'data': hub, kjv, text, wikitext103, wikitext2, wikitext2_pool"),
     ("misspelled key", ["model.n_headz=4"], "Could not override 'model.n_headz'; Key 'n_headz' not in 'ModelConfig'"),
     ("misspelled group", ["trian.max_steps=5"], "Key 'trian' not in 'Config'"),
     ("wrong type", ["train.batch_size=eight"], "Value 'eight' of type 'str' could not be converted to Integer"),

@@ -45,6 +45,7 @@ SKIP = [  # (a pattern in the command, why it does not run here)
     (r"lmlab\.lmeval|^lm_eval\b", "lm-evaluation-harness, a heavy extra: tests/test_lmeval.py runs it"),
     (r"^python -c\b|lmlab\.data\.floors_cost", "a measurement of the floors' cost"),
     (r"^(ba)?sh outputs/", "a study's stage 2: hours of training"),
+    (r"^hf download\b|data\.local_dir=wikitext( |$)", "fetches WikiText from the hub, or reads the folder fetched"),
 ]
 COMPOSE = [  # (a pattern in an lmlab training or bench command, why it is composed, not run)
     (r" \.\.\.( |$)", "a template: `...` stands for a run's own overrides"),
@@ -116,7 +117,7 @@ def shrunk(words: list[str]) -> list[str]:
     program = lmlab_module(words)
     module = program[0] if program and "--cfg" not in words else None
     if module == "lmlab":
-        local = [] if re.search(r"data\.local_dir=|data=|preset=|scale=cpu", " ".join(words)) else CORPUS
+        local = [] if re.search(r"data\.local_dir=|data=|preset=", " ".join(words)) else CORPUS
         # the command's own evaluation windows must fit the tiny context
         windows = [int(w.split("=")[1]) for w in words if re.match(r"eval\.(common_window|stride)=\d+$", w)]
         return [*words, *local, *TINY_RUN, *[f"model.max_seq_len={max(windows)}" for _ in windows[:1]]]
@@ -205,7 +206,7 @@ def test_doc_command(path, words, kind, reason, workdir, cache_dir):
     if kind == "compose":
         return composes(*program)
     words = [resolve(w, workdir) for w in shrunk(words)]
-    if ("../shared" in " ".join(words) or "scale=cpu" in words) and not MINI.is_dir():  # WikiText's files there
+    if "../shared" in " ".join(words) and not MINI.is_dir():  # WikiText's files there
         pytest.skip(f"real WikiText not found at {MINI}")
     made = [w.partition("=")[2] for w in words if w.startswith("checkpoint=")] or \
         [w for w in words[3:4] if program and program[0] in ("lmlab.report", "lmlab.rescore")]
@@ -254,3 +255,12 @@ def test_config_reference_names_every_key_and_every_group_option():
     unnamed = [f"{group}={option}" for group, options in groups.items() for option in options
                if f"`{option}`" not in rows.get(group, "")]
     assert not unnamed, f"docs/config.md's group table does not list: {unnamed}"
+
+
+def test_what_the_readmes_commands_write_is_ignored_by_git():
+    """outputs/ (runs, sweeps) and hf/ (the README's export) are not offered to `git add`."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("outputs/runs/x/summary.json", "hf/my-model/config.json"):
+        r = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO)
+        assert r.returncode == 0, f"{path} is not ignored (.gitignore)"

@@ -152,12 +152,13 @@ def test_isoflop_sweep_stops_each_size_at_each_flops_budget():
         assert steps == math.ceil(budget / (flops_tok * tokens_per_step))  # the cosine horizon is the budget's
 
 
-@needs_mini  # scale=cpu's design: WikiText's articles pooled (data.pool), validation and test carved from them
+@needs_mini  # the study's corpus at scale=cpu: WikiText's articles pooled (data=wikitext2_pool)
 def test_rootcause_stage1_jobs_run_at_equal_tokens_and_steps(tmp_path):
     """Two arms of stage 1 end to end, shrunk to two steps: the context arm takes the baseline's
     tokens in half the rows, and its test is also scored on the baseline's windows."""
     sweep_dir = tmp_path / "rootcause"
-    r = run_cli(["-m", "sweep=rootcause", "scale=cpu", "+variant=baseline,context", "schedule.peak_lr=1e-3",
+    r = run_cli(["-m", "sweep=rootcause", "scale=cpu", "data=wikitext2_pool", "+variant=baseline,context",
+                 "schedule.peak_lr=1e-3",
                  f"data.local_dir={MINI}", "tokenizer.vocab_size=512", "train.max_tokens=4096", "eval.max_batches=2",
                  "eval.sample_tokens=0", "logger=none", f"hydra.sweep.dir={sweep_dir}"], cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -172,7 +173,7 @@ def test_rootcause_stage1_jobs_run_at_equal_tokens_and_steps(tmp_path):
 
 
 # The shrink overrides docs/sweeps.md advises, which change no key a sweep varies.
-DOCS_SHRINK = ["data.local_dir=../shared/data/wikitext-2-mini", "tokenizer.vocab_size=512", "train.max_tokens=4096",
+DOCS_SHRINK = ["data=kjv", "tokenizer.vocab_size=512", "train.max_tokens=4096",
                "train.batch_size=4", "eval.batch_size=4", "eval.max_batches=2", "eval.sample_tokens=0", "logger=none"]
 
 
@@ -314,3 +315,23 @@ def test_job_dirs_start_with_what_the_sweep_varies_and_a_relaunch_finds_them(tmp
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("is done already") == 2
     assert sorted(d.name for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()) == names
+
+
+@pytest.mark.parametrize("data, corpus", [([], "kjv"), (["data=wikitext2"], "wikitext2"),
+                                          (["data=text", "data.local_dir=x.txt"], "text")])
+def test_scale_cpu_keeps_the_corpus_the_user_chose_and_names_no_shared_folder(data, corpus):
+    """A scale is a budget and shapes: its default corpus is one every install has (data=kjv), and
+    data= on the command line wins, with none of the scale's own data keys laid over it."""
+    cfg = compose_config(["sweep=dff_ratio", "scale=cpu", *data])
+    assert cfg.data.name == corpus and "shared" not in str(cfg.data.local_dir)
+    assert not cfg.data.pool and cfg.data.holdout == compose_config(data or ["data=kjv"]).data.holdout
+    assert cfg.train.threads == 1 and cfg.model.name == "mini"  # one thread a job, the budget's model
+
+
+def test_a_sweep_whose_jobs_all_failed_exits_non_zero_and_says_so(tmp_path):
+    r = run_cli(["-m", "data=text", f"data.local_dir={tmp_path / 'nowhere'}", *TINY, "model.d_ff_ratio=1,2",
+                 "train.max_steps=2", "logger=none", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=REPO)
+    assert r.returncode == 1, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("lmlab: error: every job of the sweep failed (2 of 2)") and "is neither a folder" in last
+    assert "next:" not in r.stdout and "Traceback" not in r.stderr

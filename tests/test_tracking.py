@@ -1,8 +1,11 @@
 """Tracking: local records always, one W&B run per job, the mode rule, and what lands offline."""
 import json
+import logging
+import socket
 import struct
 from pathlib import Path
 
+import pytest
 import wandb
 from omegaconf import OmegaConf
 
@@ -131,3 +134,45 @@ def test_disabled_mode_writes_no_wandb_files(tmp_path):
     tracker.close()
     assert not (tmp_path / "wandb").exists()
     assert (tmp_path / "metrics.jsonl").exists()
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: a W&B server that cannot be reached, never a real one."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def unreachable_server(monkeypatch):
+    """An API key, and W&B's server on a closed local port: a compute node without network."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    url = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("WANDB_BASE_URL", url)
+    return url
+
+
+def test_a_key_without_a_reachable_server_records_offline_and_says_so_in_one_line(unreachable_server, tmp_path,
+                                                                                     caplog):
+    with caplog.at_level(logging.WARNING, logger="lmlab"):
+        tracker = Tracker(tmp_path, _logger(), {"model": {"d_model": 32}}, group="g", name="n")
+    try:
+        tracker.log({"step": 0, "tokens": 0, "val_loss": 6.0})
+        tracker.write_summary({"status": "done"})
+    finally:
+        tracker.close()
+    wandb.teardown()
+    assert read_offline_run(tmp_path)["id"] == (tmp_path / "wandb_run_id").read_text()
+    lines = [r.getMessage() for r in caplog.records if r.name == "lmlab"]
+    assert len(lines) == 1 and unreachable_server in lines[0] and "offline" in lines[0], lines
+    assert f"wandb sync {tmp_path}/wandb/offline-run-" in lines[0]
+
+
+def test_online_only_without_a_reachable_server_stops_at_once_in_one_line(unreachable_server, tmp_path):
+    from lmlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"logger.mode: online, but the W&B server {unreachable_server} "
+                                          "cannot be reached"):
+        Tracker(tmp_path, _logger(mode="online"), {}, group="g", name="n")
+    assert not (tmp_path / "wandb").exists()

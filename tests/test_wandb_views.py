@@ -90,3 +90,16 @@ def test_without_an_api_key_wandb_says_so_in_one_line(tmp_path, monkeypatch, cap
 def test_jobs_that_did_not_log_to_wandb_have_no_view(tmp_path):
     with pytest.raises(ValueError, match="logger=wandb"):
         sweep_view(make_sweep(tmp_path / "offline", LR_SEEDS, logger="none"))
+
+
+def test_a_key_without_a_reachable_server_is_one_line_and_the_report_is_written(tmp_path, monkeypatch, capsys):
+    from tests.test_tracking import closed_port
+
+    sweep = make_sweep(tmp_path / "lr", LR_SEEDS)
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    url = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("WANDB_BASE_URL", url)
+    assert main([str(sweep), "--wandb"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the W&B server {url} cannot be reached" in err, err
+    assert (sweep / "report.md").is_file()

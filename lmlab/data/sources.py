@@ -286,16 +286,17 @@ def _file_documents(path: Path, column: str, split_on: str | None) -> list[str]:
     return docs
 
 
-def _text_splits(data_cfg) -> dict:
+def _text_splits(data_cfg, to_train: bool = True) -> dict:
     """Documents of every .txt/.jsonl file, per split when the folder has train/ (and maybe
-    validation/, test/) subfolders, else in one pool that `_carve` splits."""
+    validation/, test/) subfolders, else in one pool that `_carve` splits. Only training needs a
+    train/ folder beside the others (`to_train`)."""
     import datasets
 
     folder = _text_root(data_cfg)
-    roots = {split: folder / split for split in SPLITS if (folder / split).is_dir()}
+    roots = {split: folder / split for split in SPLITS if folder.is_dir() and (folder / split).is_dir()}
     if not roots:
         roots = {"train": folder}
-    elif "train" not in roots:
+    elif "train" not in roots and to_train:
         raise DataError(f"data.local_dir={data_cfg.local_dir} has {'/'.join(roots)}/ but no train/ folder")
     docs = {split: [doc for f in _text_files(root, str(root))
                     for doc in _file_documents(f, data_cfg.text_column, data_cfg.get("split_on"))]
@@ -369,3 +370,22 @@ def split_texts(data_cfg, split: str) -> dict[str, SplitText]:
 def split_text(data_cfg, split: str) -> SplitText:
     """One split's documents and counts."""
     return split_texts(data_cfg, split)[split]
+
+
+def text_to_score(data_cfg, split: str) -> tuple[SplitText, str]:
+    """A corpus's `split` for scoring a model that was not trained on it, and what that is, in
+    words. Nothing is trained, so nothing is carved: the corpus's own split where it has one
+    (WikiText's file, a hub dataset's split, a folder's `split`/ subfolder), else all of it."""
+    kind = corpus_kind(data_cfg)
+    if kind == "wikitext" and not data_cfg.get("pool"):
+        return split_text(data_cfg, split), f"its {split} split"
+    readers = {"hub": _hub_splits, "text": lambda cfg: _text_splits(cfg, to_train=False), "wikitext": _wikitext_pool}
+    found = {name: list(ds["text"]) for name, ds in readers[kind](data_cfg).items()}
+    if split in found:
+        docs, what = found[split], f"its {split}/ folder" if kind == "text" else f"its {split} split"
+    else:
+        docs, what = [doc for name in SPLITS for doc in found.get(name, [])], f"all of it (it has no {split} split)"
+    if not docs:
+        raise DataError(f"the {split} split is empty")
+    n_words = sum(document_words(data_cfg, doc) for doc in docs)
+    return SplitText(docs, n_words, sum(len(doc.encode()) for doc in docs)), what

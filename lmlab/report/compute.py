@@ -13,8 +13,9 @@ from lmlab.report.scaling import fit_scaling
 from lmlab.report.stats import LEVEL
 
 # Sweeping these changes the model's size (the `model` group changes its context too, which the
-# fit's section says).
-SIZE_KEYS = ("model", "model.d_model", "model.n_layers", "model.n_heads", "model.d_ff_ratio")
+# fit's section says). The d_ff ratio changes the parameter count too, but a d_ff sweep asks about
+# the shape at one width and depth, not about size: it gets no scaling law.
+SIZE_KEYS = ("model", "model.d_model", "model.n_layers", "model.n_heads")
 BUDGET_KEY = "train.max_flops"
 MIN_PARABOLA_SIZES = 3
 

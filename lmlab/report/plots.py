@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -12,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import EngFormatter, NullLocator  # noqa: E402
+from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
 
 from lmlab.report import references  # noqa: E402
 from lmlab.report.jobs import ALL_JOBS, SEED_KEY, Job, label, short  # noqa: E402
@@ -84,10 +85,14 @@ def plot_metric_by_key(jobs: list[Job], key: str, keys: list[str], out: Path, fl
     if done:  # the floors' validation perplexity, near enough to the jobs to share their axis
         ys = [y for _, y in done]
         _floor_lines(ax, floors, floor_metric, min(ys) / 1.5, max(ys) * 1.5)
-    failed = [x for x, job in zip(xs, jobs) if not job.done]
-    if failed:  # drawn on the top edge: a failed job has no perplexity, but it was part of the sweep
-        ax.scatter(failed, [0.97] * len(failed), transform=ax.get_xaxis_transform(), marker="x",
-                   color="tab:red", s=60, zorder=3, label=f"failed ({len(failed)})")
+    failed = [x for x, job in zip(xs, jobs) if not job.done and not job.pruned]
+    pruned = [x for x, job in zip(xs, jobs) if job.pruned]
+    # Drawn on the top edge: a failed or pruned job has no final perplexity, but it was part of the sweep.
+    for name, points, style in (("failed", failed, {"marker": "x", "color": "tab:red"}),
+                                ("pruned", pruned, {"marker": "o", "color": "none", "edgecolors": "tab:orange"})):
+        if points:
+            ax.scatter(points, [0.97] * len(points), transform=ax.get_xaxis_transform(), s=50, zorder=3,
+                       label=f"{name} ({len(points)})", **style)
     if categories:
         ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 4 else 0)
         ax.set_xlim(-0.5, len(categories) - 0.5)
@@ -134,16 +139,19 @@ def plot_val_curves(jobs: list[Job], keys: list[str], out: Path, floors: dict | 
     for job, points in curves:
         arm = name_of[id(job)]
         name = arm if len(arms) <= 10 else f"#{job.num}"  # many arms (a search): the table has the values
-        line_label = None if arm in labelled else name + ("" if job.done else " (failed)")
+        ended = "" if job.done else " (pruned)" if job.pruned else " (failed)"
+        line_label = None if arm in labelled else name + ended
         labelled.add(arm)
         ax.plot([t for t, _ in points], [v for _, v in points], marker="o", markersize=3,
                 color=colors(arms.index(arm) % colors.N),
                 linestyle=styles[seeds.index(job.overrides.get(SEED_KEY)) % len(styles)], label=line_label)
     # The untrained step-0 loss (about ln(vocab size)) would squash every later difference into a
-    # sliver, so the axis starts from the first evaluation after training began.
+    # sliver, so the axis starts from the first evaluation after training began; with a single
+    # evaluation after it there is no curve to show but the one from step 0, drawn whole.
     later = [v for _, points in curves for t, v in points if t > 0]
+    later_tokens = sorted({t for _, points in curves for t, _ in points if t > 0})
     untrained = [v for _, points in curves for t, v in points if t == 0]
-    if later:
+    if len(later_tokens) >= 2:
         low, high = min(later), max(later)
         pad = 0.05 * (high - low or high)
         drawn = _floor_lines(ax, floors, "val_loss", low - 4 * pad, high + pad)
@@ -151,6 +159,9 @@ def plot_val_curves(jobs: list[Job], keys: list[str], out: Path, floors: dict | 
         if untrained and max(untrained) > high + pad:
             ax.text(0.99, 0.98, f"untrained (0 tokens): up to {max(untrained):.2f}, above the axis",
                     transform=ax.transAxes, ha="right", va="top", fontsize=8, color="0.3")
+            # The step-0 points are off the axis, so the x-axis starts where the drawn points do.
+            span = later_tokens[-1] - later_tokens[0]
+            ax.set_xlim(later_tokens[0] - 0.05 * span, later_tokens[-1] + 0.05 * span)
     ax.xaxis.set_major_formatter(EngFormatter())
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation loss (nats/token)")
@@ -171,9 +182,9 @@ def plot_arms(arms: dict[str, list[float]], baseline: str, out: Path, floors: di
         values = arms[name]
         color = "tab:orange" if name == baseline else "tab:blue"
         ax.scatter(values, [i] * len(values), s=18, color=color, alpha=0.6, zorder=3)
-        if values:
-            sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            ax.errorbar(statistics.fmean(values), i, xerr=sd, fmt="|", markersize=14, color=color, capsize=4, zorder=4)
+        if len(values) > 1:  # one seed has no spread: its dot alone
+            ax.errorbar(statistics.fmean(values), i, xerr=statistics.stdev(values), fmt="|", markersize=14,
+                        color=color, capsize=4, zorder=4)
     losses = [v for values in arms.values() for v in values]
     if losses:
         spread = max(losses) - min(losses) or 0.1
@@ -181,7 +192,7 @@ def plot_arms(arms: dict[str, list[float]], baseline: str, out: Path, floors: di
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("test loss (nats/token, lower is better); bar: mean +- 1 SD over seeds")
-    ax.set_title(f"Test loss by arm (baseline: {baseline})")
+    ax.set_title(textwrap.fill(f"Test loss by arm (baseline: {baseline})", 80), fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=8)
@@ -248,3 +259,52 @@ def plot_position_loss(curves: dict[str, list[float]], out: Path) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return _save(fig, out / "loss_by_position.png")
+
+
+def plot_trials(jobs: list[Job], keys: list[str], log_x: dict[str, bool], best: Job, out: Path,
+                objective: str) -> Path | None:
+    """A search's objective against each searched key, one panel a key on the scale it was sampled
+    on: done trials as dots, the best as a star, pruned trials (their best when stopped) as rings,
+    failed ones as crosses on the top edge."""
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4.2), squeeze=False, sharey=True)
+    for ax, key in zip(axes[0], keys):
+        kinds = {"done": ([], "o", "tab:blue", True), "pruned": ([], "o", "tab:orange", False)}
+        failed = []
+        for job in jobs:
+            if key not in job.overrides:
+                continue
+            x, y = float(job.overrides[key]), job.summary.get(objective)
+            if (job.done or job.pruned) and y is not None:
+                kinds["done" if job.done else "pruned"][0].append((x, y))
+            else:
+                failed.append(x)
+        for name, (points, marker, color, filled) in kinds.items():
+            if points:
+                ax.scatter(*zip(*points), s=36, marker=marker, zorder=3, label=f"{name} ({len(points)})",
+                           color=color if filled else "none", edgecolors=color)
+        if failed:
+            ax.scatter(failed, [0.97] * len(failed), transform=ax.get_xaxis_transform(), marker="x", color="tab:red",
+                       s=50, zorder=3, label=f"failed ({len(failed)})")
+        if key in best.overrides:
+            ax.scatter([float(best.overrides[key])], [best.summary[objective]], marker="*", s=220, color="tab:green",
+                       zorder=4, label=f"best (trial {best.num})")
+        xs = [float(job.overrides[key]) for job in jobs if key in job.overrides]
+        low, high = min(xs), max(xs)
+        if log_x[key]:  # ticks at 1, 2 and 5 of each decade, labelled plainly: minor labels would overprint
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlim(low / (high / low) ** 0.08, high * (high / low) ** 0.08)
+        else:  # by hand: the failed markers on the top edge do not count towards autoscaling
+            pad = 0.08 * (high - low) or 0.5 * abs(low) or 1.0
+            ax.set_xlim(low - pad, high + pad)
+        ax.set_xlabel(key + (" (log scale, as sampled)" if log_x[key] else ""))
+        ax.margins(y=0.15)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("best validation loss (nats/token, lower is better)")
+    axes[0][0].legend(loc="best", fontsize=8)
+    fig.suptitle(f"Objective by searched value ({len(jobs)} trials)")
+    return _save(fig, out / "objective_by_searched_value.png")

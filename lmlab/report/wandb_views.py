@@ -128,10 +128,14 @@ def to_report(view: View, entity: str):
 
 def save_view(root: Path) -> str:
     """Save the sweep's view as a W&B report; returns its URL. Online only."""
-    from lmlab.tracking import has_api_key
+    from lmlab.tracking import has_api_key, unreachable, wandb_server
 
     if not has_api_key():
         raise ValueError("--wandb saves a W&B report online: no API key here (run `wandb login` or set WANDB_API_KEY)")
+    why = unreachable(wandb_server())
+    if why:
+        raise ValueError(f"--wandb saves a W&B report online: the W&B server {wandb_server()} cannot be reached "
+                         f"({why}); report.md and its plots are written, rerun with --wandb where it can be")
     try:
         import wandb_workspaces  # noqa: F401
     except ImportError:

@@ -17,6 +17,7 @@ from lmlab.report.sections import (Row, arms_section, cell, compare_arms, explan
 from lmlab.report.select import choose
 from lmlab.report.stage2 import write_stage2
 from lmlab.report.stats import after_holm
+from lmlab.report.trials import search_params, trials_section
 from lmlab.report.verdicts import claims_section, declared, plan
 
 
@@ -91,20 +92,26 @@ def write_report(root: Path, out: Path | None = None, baseline: str | None = Non
     keys = swept_keys(jobs)
     common = {k: v for k, v in jobs[0].overrides.items() if k not in keys and all(k in j.overrides for j in jobs)}
     n_done, n_pruned = sum(job.done for job in jobs), sum(job.pruned for job in jobs)
-    groups = comparisons(jobs, keys, baseline)
+    search = search_params(Path(root))  # an Optuna search: trials, not arms against trial 0
+    groups = [] if search else comparisons(jobs, keys, baseline)
+    lr_grid = LR_KEY in keys and not search
     lines = [f"# Report: {root}", "", f"{len(jobs)} jobs: {n_done} done, "
              + (f"{n_pruned} pruned (stopped early by the sweeper), " if n_pruned else "")
              + f"{len(jobs) - n_done - n_pruned} failed or unfinished.", ""]
     if common:
         lines += ["Common overrides: `" + " ".join(f"{k}={v}" for k, v in common.items()) + "`", ""]
     lines += job_table(jobs, keys, {job.path for _, rows in groups for row in rows for job in row.arm.chosen}
-                       if LR_KEY in keys else None)
-    if LR_KEY in keys:
+                       if lr_grid else None)
+    if lr_grid:
         lines += ["", "Test is shown only at each arm's chosen LR: the choice is made on validation alone."]
     if len(groups) > 1:
         lines += ["", f"The jobs were measured in {len(groups)} corpora or tokenizers. Nats/token are compared only "
                   "within one (a section each below); across them, compare the bits/byte column."]
     png, chosen = [], []
+    if search:
+        section, search_png = trials_section(jobs, search, out)
+        lines += [""] + section
+        png += [search_png, plots.plot_val_curves(jobs, keys, out, shared_floors(jobs))]
     for index, (corpus, rows) in enumerate(groups):
         members = [job for row in rows for job in row.arm.chosen]
         chosen += members
@@ -115,8 +122,9 @@ def write_report(root: Path, out: Path | None = None, baseline: str | None = Non
         if analysis is not None:
             lines += claims_section(analysis, rows, rows[0].arm.name)
         lines += lr_section(rows) if any(row.arm.grid for row in rows) else []
-        png.append(plots.plot_arms({row.arm.name: row.test.values for row in rows}, rows[0].arm.name, out, floors,
-                                   f"test_loss_by_arm{f'_{index + 1}' if index else ''}.png"))
+        if any(row.test.n for row in rows):
+            png.append(plots.plot_arms({row.arm.name: row.test.values for row in rows}, rows[0].arm.name, out, floors,
+                                       f"test_loss_by_arm{f'_{index + 1}' if index else ''}.png"))
     floors = shared_floors(chosen)
     section, compute_png = compute_section(chosen, keys, out, floors, len(groups))
     lines += section
@@ -127,13 +135,15 @@ def write_report(root: Path, out: Path | None = None, baseline: str | None = Non
         png.append(plots.plot_position_loss({arm: c for arm, c in curves.items() if c is not None}, out))
     lines += samples_section([row for _, rows in groups for row in rows])
     metric = "val_bpb" if len(groups) > 1 else "best_val_ppl"  # per token only within one tokenizer
-    png += [plots.plot_metric_by_key(jobs, key, keys, out, floors, metric) for key in keys if key != SEED_KEY]
+    if n_done and not search:  # a search draws its objective by searched value instead
+        png += [plots.plot_metric_by_key(jobs, key, keys, out, floors, metric) for key in keys if key != SEED_KEY]
     for index, (corpus, rows) in enumerate(groups):  # nats/token: a plot per corpus and tokenizer
         members = [job for job in jobs if job.corpus == corpus]
         png.append(plots.plot_val_curves(members, keys, out, shared_floors(members),
                                          f"val_loss_curves{f'_{index + 1}' if index else ''}.png",
                                          corpus if len(groups) > 1 else ""))
-    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in png if p is not None]
+    drawn = [p for p in png if p is not None]
+    lines += ["## Plots", ""] + ([f"![{p.stem}]({p.name})" for p in drawn] if drawn else ["No plots: no job finished."])
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return report
