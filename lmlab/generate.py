@@ -16,13 +16,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from omegaconf import MISSING
 from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.cli import parse_key_values
 from lmlab.metrics import REPEAT_N, repeated_ngram_share
+
+if TYPE_CHECKING:  # torch is imported where a model runs: --help answers without it
+    import torch
 
 # Samples at evaluation are short and seeded the same each time, so successive ones differ only
 # through the weights and barely add to evaluation time.

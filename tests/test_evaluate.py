@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from lmlab import load_model
 from lmlab.checkpoint import save_checkpoint
 from lmlab.data import Sampler, Split, collate, packed_rows, strided_rows
-from lmlab.data.sources import read_split, split_text, text_to_score, word_count
+from lmlab.data.sources import read_split, text_to_score, word_count
 from lmlab.data.tokenizer import train_bpe
 from lmlab.distributed import Ranks
 from lmlab.evaluate import evaluate
