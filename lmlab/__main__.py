@@ -37,14 +37,14 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     from lmlab.data.floors import load_floors
     from lmlab.generate import eval_sampler
     from lmlab.model import GPT
-    from lmlab.step import resolve_device
     from lmlab.tracking import NoRecords, Pruned, Tracker, trial_reporter
-    from lmlab.train import Preempted, train
+    from lmlab.errors import Preempted
+    from lmlab.train import train
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     threads = distributed.place_job(cfg.train.threads, parallel_jobs(hydra_cfg), hydra_cfg.job.num if multirun else 0)
-    ranks = distributed.setup(resolve_device(cfg.train.device), cfg.train.dist_timeout_s)
+    ranks = distributed.setup(cfg.train.device, cfg.train.dist_timeout_s)
     resume = resume_checkpoint(cfg.train.resume, run_dir / "checkpoints")
     tokenizer, splits = load_splits(cfg.data, cfg.tokenizer)
     floors = load_floors(cfg.data, cfg.tokenizer, splits, tokenizer.vocab_size)
@@ -152,7 +152,7 @@ def hydra_main(cfg: DictConfig) -> float:
         if not summary_path.exists() and this_process().main:
             write_text(summary_path, json.dumps({"status": "failed", "reason": reason}))
         if multirun:
-            from lmlab.train import Preempted
+            from lmlab.errors import Preempted
 
             if not isinstance(e, Preempted):  # record the failure; the sweep goes on
                 log.error("job failed (objective inf): %s", reason)

@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -27,7 +26,8 @@ from tqdm import tqdm
 from lmlab.data import IGNORE, Split, collate, packed_rows, scored_targets, strided_rows
 from lmlab.distributed import Ranks, all_reduce_sum
 from lmlab.metrics import EvalResult
-from lmlab.step import batch_loss, to_device
+from lmlab.runtime import Runtime
+from lmlab.step import loss_function, to_device
 
 PREFIXES = {"train": "train", "validation": "val", "test": "test"}  # a split's metrics keys, as in summary.json
 
@@ -54,15 +54,17 @@ def eval_rows(n_tokens: int, window: int, stride: int | None) -> np.ndarray:
 
 
 @torch.inference_mode()
-def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int, device,
-             context: Callable[[], ContextManager] = nullcontext, segments: bool = False,
-             max_batches: int | None = None, ranks: Ranks = Ranks(), train_mode: bool = False) -> SplitScores:
-    """Score `rows` of `split` in eval mode (dropout off), each forward under a fresh `context()`
-    (see step.compute_context); the caller's train/eval mode is restored. With several ranks each
+def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int, runtime: Runtime | str,
+             segments: bool = False, max_batches: int | None = None, ranks: Ranks = Ranks(),
+             train_mode: bool = False) -> SplitScores:
+    """Score `rows` of `split` in eval mode (dropout off) on the run's `runtime` (its precision,
+    attention backends, and compiled where training is), or on a device given by name, eagerly in
+    fp32; the caller's train/eval mode is restored. With several ranks each
     scores every world-th batch and the sums are added up, so the whole split is scored once.
     Per-target NLLs are summed by document and by window position on the device, in one buffer
     read once at the end. `train_mode=True` is the seed's bug (bugs.eval_in_train_mode): dropout stays on."""
-    device = torch.device(device)
+    runtime = runtime if isinstance(runtime, Runtime) else Runtime(torch.device(runtime))
+    device, loss_fn = runtime.device, loss_function(runtime)
     was_training = model.training
     model.train(train_mode)
     eos_at = np.flatnonzero(np.asarray(split.tokens) == eos_id)
@@ -90,8 +92,8 @@ def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int
                 # A target at stream index j is in the document of the EOS tokens before j.
                 targets = batch_rows[:, :1] + 1 + np.arange(scored.shape[1])
                 docs = np.where(scored, np.searchsorted(eos_at, targets), n_docs)
-                with context():
-                    nll = batch_loss(model, batch, device, reduction="none").view(scored.shape).double()
+                with runtime.context():
+                    nll = loss_fn(model, **to_device(batch, device), reduction="none").view(scored.shape).double()
                 nll_sums[0] += nll.sum()
                 docs_on_device = to_device({"docs": torch.from_numpy(docs)}, device)["docs"]  # pinned, no wait
                 nll_sums[doc_slots].index_add_(0, docs_on_device.flatten(), nll.flatten())
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     from lmlab.checkpoint import load_model
     from lmlab.cli import parse_key_values
     from lmlab.errors import exit_bad_input, user_errors
-    from lmlab.step import compute_context, resolve_device
+    from lmlab.runtime import resolve_runtime
 
     argv = sys.argv[1:] if argv is None else argv
     own = [a for a in argv if a.split("=")[0] in EvaluateConfig.__dataclass_fields__]
@@ -185,13 +187,13 @@ def main(argv: list[str] | None = None) -> dict:
         args = parse_key_values(EvaluateConfig, own, verbatim=("checkpoint", "out"))
         model, tokenizer, ckpt = load_model(args.checkpoint)
         cfg = run_config(args, [a for a in argv if a not in own], ckpt["config"])
-        device = resolve_device(cfg.train.device)
-        model.to(device)
+        runtime = resolve_runtime(cfg.train, model.cfg.d_model)
+        model.to(runtime.device)
         split = tokenized_split(tokenizer, cfg.data, args.split)
 
         def evaluate_rows(rows: np.ndarray) -> SplitScores:
-            return evaluate(model, split, rows, tokenizer.eos_id, cfg.eval.batch_size, device,
-                            lambda: compute_context(device, cfg.train), ckpt["config"]["model"]["doc_mask"],
+            return evaluate(model, split, rows, tokenizer.eos_id, cfg.eval.batch_size, runtime,
+                            ckpt["config"]["model"]["doc_mask"],
                             cfg.eval.max_batches, train_mode=args.mode == "train")
 
         metrics, scores = score_split(evaluate_rows, len(split.tokens), model.cfg.max_seq_len, cfg.eval,

@@ -152,7 +152,7 @@ def parse_args(argv: list[str]) -> GenerateConfig:
 def main(argv: list[str] | None = None) -> None:
     from lmlab.checkpoint import CheckpointError, load_model
     from lmlab.errors import exit_bad_input
-    from lmlab.step import resolve_device
+    from lmlab.runtime import resolve_device
 
     try:
         cfg = parse_args(sys.argv[1:] if argv is None else argv)

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from lmlab.checkpoint import load_checkpoint
 from lmlab.data import Sampler, collate, packed_rows
 from lmlab.model import GPT, GPTConfig
+from lmlab.runtime import resolve_runtime
 from lmlab.step import TrainStep, device_batches, make_optimizer, to_device
 from tests.conftest import MINI, REPO, TINY, needs_mini, run_cli
 
@@ -22,7 +23,8 @@ CFG = GPTConfig(vocab_size=50257, d_model=64, n_heads=4, n_layers=2, d_ff=256, m
 
 def tcfg(**kw):
     base = {"weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "precision": "auto",
-            "compile": "auto", "compile_mode": None, "attention": "auto", "deterministic": False, "loss": "auto"}
+            "compile": "auto", "compile_mode": None, "attention": "auto", "deterministic": False, "loss": "auto",
+            "device": "cuda", "peak_tflops": None}
     return OmegaConf.create({**base, **kw})
 
 
@@ -44,7 +46,7 @@ def test_compiled_bf16_step_with_fused_adamw_learns_and_matches_eager(loss):
         torch.manual_seed(0)
         model = GPT(CFG).to(CUDA)
         opt = make_optimizer(model, tcfg(), fused=True)
-        step = TrainStep(model, opt, CUDA, tcfg(compile=setting, loss=loss))
+        step = TrainStep(model, opt, resolve_runtime(tcfg(compile=setting), CFG.d_model), tcfg(compile=setting, loss=loss))
         assert opt.defaults["fused"] and step.compiled == (setting == "auto")
         sampler = Sampler(rows[:8], 8, seed=0)  # one batch, again and again: the loss must fall
         losses[setting] = [step(device_batches(tokens, sampler, 1, 0, False, CUDA)[0], 3e-3).item()

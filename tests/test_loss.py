@@ -10,7 +10,7 @@ from lmlab.loss import chunked_cross_entropy
 from lmlab.model import GPT, GPTConfig
 from lmlab.step import TrainStep, forward_loss, make_optimizer, resolve_loss
 from tests.conftest import compose_config
-from tests.test_step import tcfg
+from tests.test_step import runtime_of, tcfg
 
 CFG = GPTConfig(vocab_size=101, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=16)  # padded to 128
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
@@ -106,7 +106,7 @@ def test_train_step_takes_the_loss_train_loss_names():
     losses = {}
     for setting in ("dense", "chunked"):
         model = model_on("cpu")
-        step = TrainStep(model, make_optimizer(model, tcfg(), fused=False), torch.device("cpu"), tcfg(loss=setting))
+        step = TrainStep(model, make_optimizer(model, tcfg(), fused=False), runtime_of(tcfg()), tcfg(loss=setting))
         assert step.loss == setting
         x, y = batch("cpu")
         losses[setting] = [step([({"x": x, "y": y}, int((y != -100).sum()))], 1e-2).item() for _ in range(3)]
