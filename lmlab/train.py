@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -30,43 +28,11 @@ from lmlab.metrics import EvalResult
 from lmlab.model import GPT
 from lmlab.rng import capture_ranks_rng, restore_ranks_rng, seed_stream
 from lmlab.runtime import resolve_runtime
+from lmlab.schedule import lr_at, planned_steps, warmup_warning
+from lmlab.signals import StopSignals
 from lmlab.step import TrainStep, device_batches, make_optimizer
 
 log = logging.getLogger(__name__)
-
-
-class StopSignals:
-    """SIGTERM, SIGINT, SIGUSR1 (what `#SBATCH --signal=USR1@120` sends before a kill) and SIGUSR2
-    (what submitit asks SLURM for) only set `received`, so the loop can checkpoint at the next step
-    boundary; a second signal then acts as it normally would. When the stop leaves as Preempted and
-    the signal had a Python handler before (submitit's, which requeues the job), the signal is
-    handed on to it once the checkpoint is on disk."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
-
-    def __enter__(self):
-        self.received: str | None = None
-        # Handlers can only be installed from the main thread; elsewhere signals keep their meaning.
-        main = threading.current_thread() is threading.main_thread()
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS} if main else {}
-        self._handed_on = None
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.received = signal.Signals(signum).name
-        self._handed_on = self._previous.get(signum)
-        self._restore()
-
-    def _restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-    def __exit__(self, exc_type, *exc) -> None:
-        self._restore()
-        # Python's own SIGINT handler would only turn the stop into a KeyboardInterrupt.
-        if exc_type is Preempted and callable(self._handed_on) and self._handed_on is not signal.default_int_handler:
-            signal.raise_signal(signal.Signals[self.received])
 
 
 @dataclass
@@ -80,38 +46,6 @@ class TrainState:
     best_step: int | None = None  # the step best.pt holds
     rng: list = field(default_factory=list)  # each rank's generators, by rank (lmlab.rng)
     wandb_run_id: str | None = None
-
-
-def lr_at(step: int, sched, total_steps: int) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine or constant."""
-    if step < sched.warmup_steps:
-        return sched.peak_lr * (step + 1) / sched.warmup_steps
-    if sched.decay == "constant":
-        return sched.peak_lr
-    progress = min(1.0, (step - sched.warmup_steps) / max(1, total_steps - sched.warmup_steps))
-    floor = sched.min_lr_ratio * sched.peak_lr
-    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (sched.peak_lr - floor)
-
-
-def planned_steps(max_steps: int | None, max_tokens: int | None, tokens_per_step: int) -> int:
-    """Steps until the first limit: max_steps, or max_tokens at full rows (the cosine horizon)."""
-    limits = [max_steps] if max_steps else []
-    if max_tokens:
-        limits.append(math.ceil(max_tokens / tokens_per_step))
-    return min(limits)
-
-
-def warmup_warning(sched, total_steps: int) -> str | None:
-    """A warmup longer than half the planned steps, what it does to the LR, and the fix; None when
-    shorter. The default schedule's 2000 steps would otherwise leave a short run's LR low, silently."""
-    warmup = sched.warmup_steps
-    if warmup <= total_steps / 2:
-        return None
-    reach = f"only {100 * total_steps / warmup:.3g}% of" if total_steps < warmup else "all of"
-    decay = f", leaving {max(0, total_steps - warmup)} steps to decay" if sched.decay == "cosine" else ""
-    return (f"schedule.warmup_steps={warmup} is more than half of this run's {total_steps} planned steps: the LR "
-            f"reaches {reach} schedule.peak_lr{decay}; set schedule.warmup_steps={max(1, total_steps // 10)} "
-            "(a tenth of the run) or schedule=none (a constant LR)")
 
 
 def train_rows(cfg, split: Split, eos_id: int) -> np.ndarray:
