@@ -298,7 +298,8 @@ class Trainer:
                 "steps": state.step, "tokens_seen": state.tokens, **self.throughput(self.tokens_per_s),
                 "flops_per_token": self.flops_tok, "train_flops": self.flops_tok * state.tokens,
                 "max_flops": self.tcfg.max_flops, "device": self.runtime.device_name,
-                "peak_tflops": peak / 1e12 if peak else None, "compiled": self.train_step.compiled,
+                "peak_tflops": peak / 1e12 if peak else None, "precision": self.runtime.precision,
+                "compiled": self.train_step.compiled,
                 "checkpoint_stall_s": max(self.writer.stalls, default=None),
                 "wall_s": wall_s, "eval_s": self.eval_s, "eval_share": self.eval_s / wall_s,
                 "startup_s": self.first_step_at - launched if self.first_step_at and launched else None}

@@ -67,7 +67,7 @@ def test_the_trainer_resolves_its_runtime_once_and_trains_and_evaluates_on_it(mo
     model = GPT(gpt_config(cfg, tokenizer.vocab_size))
     summary = train(cfg, model, tokenizer, splits, Tracker(tmp_path, cfg.logger, {}, group="g", name="n"), tmp_path,
                     to_container(cfg))
-    assert summary["status"] == "done" and summary["device"] == "cpu"
+    assert summary["status"] == "done" and summary["device"] == "cpu" and summary["precision"] == "fp32"  # tiny
     assert calls == [("auto", None)]  # three evaluations, two steps, the summary: one runtime
 
 
