@@ -40,14 +40,13 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     from lmlab.errors import Preempted
     from lmlab.generate import corpus_prompts, eval_sampler, last_samples_quality
     from lmlab.model import GPT
-    from lmlab.step import resolve_device
     from lmlab.tracking import NoRecords, Pruned, Tracker, trial_reporter
     from lmlab.train import train
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     threads = distributed.place_job(cfg.train.threads, parallel_jobs(hydra_cfg), hydra_cfg.job.num if multirun else 0)
-    ranks = distributed.setup(resolve_device(cfg.train.device), cfg.train.dist_timeout_s)
+    ranks = distributed.setup(cfg.train.device, cfg.train.dist_timeout_s)
     resume = resume_checkpoint(cfg.train.resume, run_dir / "checkpoints")
     tokenizer, splits = load_splits(cfg.data, cfg.tokenizer)
     floors = load_floors(cfg.data, cfg.tokenizer, splits, tokenizer.vocab_size)

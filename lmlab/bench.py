@@ -5,10 +5,11 @@ it builds the run's model, optimizer and `TrainStep` and feeds it random tokens 
 trainer's own data path (`device_batches`). Warm-up steps (compilation) are left out; each timed
 window ends with one device sync and the median window is reported. One table row per
 configuration (`-m` runs several), optionally with Hugging Face GPT-2 on the same shapes
-(`bench.compare=hf`, alternated with lmlab's windows), the losses (`bench.compare=loss`: dense
-against chunked, each in its own process, alternated), the data path (`bench.data=true`), a
-checkpoint save (`bench.checkpoint=true`) and where the step's time goes (`bench.profile=true`).
-Every row also times evaluation (the trainer's `evaluate`, at eval.batch_size).
+(`bench.compare=hf`, lmlab.hf_baseline alternated with lmlab's windows), the losses or the
+precisions (`bench.compare=loss|precision`: each in its own process, alternated), the data path
+(`bench.data=true`), a checkpoint save (`bench.checkpoint=true`) and where the step's time goes
+(`bench.profile=true`). Every row also times evaluation (the trainer's `evaluate`, at
+eval.batch_size) and its tokens/s over training's. The bench runs on train.threads threads.
 """
 from __future__ import annotations
 
@@ -42,14 +43,16 @@ class Bench:
 
         from lmlab.data import Sampler, packed_rows
         from lmlab.model import GPT
-        from lmlab.step import TrainStep, make_optimizer, resolve_device
+        from lmlab.runtime import resolve_runtime
+        from lmlab.step import TrainStep, make_optimizer
 
         self.cfg = cfg
-        self.device = resolve_device(cfg.train.device)
+        self.runtime = resolve_runtime(cfg.train, cfg.model.d_model)
+        self.device = self.runtime.device
         torch.manual_seed(cfg.train.seed)
         self.model = GPT(gpt_config(cfg, cfg.tokenizer.vocab_size)).to(self.device)
         self.opt = make_optimizer(self.model, cfg.train, fused=self.device.type == "cuda")
-        self.step = TrainStep(self.model, self.opt, self.device, cfg.train)
+        self.step = TrainStep(self.model, self.opt, self.runtime, cfg.train)
         rows = 4 * cfg.train.batch_size * cfg.train.grad_accum
         self.tokens = np.random.default_rng(0).integers(0, cfg.tokenizer.vocab_size,
                                                         rows * cfg.model.max_seq_len + 1).astype(np.int64)
@@ -77,33 +80,32 @@ class Bench:
     def eval_tokens_per_s(self) -> float:
         """The trainer's `evaluate` over the bench's rows, at eval.batch_size: median of
         bench.windows passes, each ended by reading its result (one device sync)."""
-        from functools import partial
-
         from lmlab.data import Split, scored_targets
         from lmlab.evaluate import evaluate
-        from lmlab.step import compute_context
 
         rows, split = self.sampler.rows, Split("bench", self.tokens, 1, 0, 0)
-        context = partial(compute_context, self.device, self.cfg.train)
 
         def one_pass() -> float:
             started = time.perf_counter()
-            evaluate(self.model, split, rows, 0, self.cfg.eval.batch_size, self.device, context,
-                     self.cfg.model.doc_mask)
+            evaluate(self.model, split, rows, 0, self.cfg.eval.batch_size, self.runtime, self.cfg.model.doc_mask)
             return time.perf_counter() - started
 
         one_pass()  # warm-up
         return scored_targets(rows) / statistics.median(one_pass() for _ in range(self.cfg.bench.windows))
 
 
-def hf_tokens_per_s(cfg: DictConfig, vocab: int, device_type: str, compiled: bool) -> float:
-    """One run of the Hugging Face GPT-2 baseline on the same shapes, in a fresh process."""
+def hf_tokens_per_s(cfg: DictConfig, vocab: int, device_type: str, compiled: bool, precision: str) -> float:
+    """One run of the Hugging Face GPT-2 baseline (lmlab.hf_baseline) on the same shapes, threads
+    and `precision`, in a fresh process."""
+    import torch
+
     m = cfg.model
-    cmd = [sys.executable, cfg.bench.hf_script, "--device", device_type, "--n-layer", str(m.n_layers),
+    cmd = [sys.executable, "-m", "lmlab.hf_baseline", "--device", device_type, "--n-layer", str(m.n_layers),
            "--n-head", str(m.n_heads), "--d-model", str(m.d_model), "--d-ff", str(ModelConfig.d_ff(m)),
            "--seq", str(m.max_seq_len), "--batch", str(cfg.train.batch_size * cfg.train.grad_accum),
            "--vocab", str(vocab), "--steps", str(cfg.bench.steps * cfg.bench.windows),
-           "--warmup", str(cfg.bench.warmup_steps), *(["--compile"] if compiled else [])]
+           "--warmup", str(cfg.bench.warmup_steps), "--precision", precision, "--threads", str(torch.get_num_threads()),
+           *(["--compile"] if compiled else [])]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr.strip().splitlines()[-1:]}")
@@ -126,50 +128,59 @@ def memory_gib(device, peak: bool) -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
-def bench_step(cfg: DictConfig) -> dict:
+def bench_step(cfg: DictConfig) -> list[dict]:
+    """The row of the trainer's step at cfg; with bench.compare=hf, one row per precision Hugging
+    Face's GPT-2 runs at: its own default (bf16 on CUDA, fp32 on the CPU) and, where lmlab's
+    precision differs, lmlab's, all alternated with lmlab's windows."""
+    import torch
+
     from lmlab.flops import mfu, model_flops_per_token
-    from lmlab.step import resolve_precision
-    from lmlab.train import device_peak
 
     b = Bench(cfg)
-    device_name, peak = device_peak(b.device, cfg.train)
+    rt = b.runtime
     before_steps_gib = memory_gib(b.device, peak=False)
     warmup_s = b.run(cfg.bench.warmup_steps) * cfg.bench.warmup_steps if cfg.bench.warmup_steps else 0.0
     row = {"model": cfg.model.name, "d_model": cfg.model.d_model, "n_layers": cfg.model.n_layers,
            "seq": cfg.model.max_seq_len, "batch": cfg.train.batch_size * cfg.train.grad_accum,
            "vocab": cfg.tokenizer.vocab_size, "padded_vocab": b.model.cfg.padded_vocab_size,
-           "device": device_name, "precision": resolve_precision(b.device, cfg.train.precision),
-           "compiled": b.step.compiled, "loss": b.step.loss, "warmup_s": round(warmup_s, 1)}
-    if cfg.bench.compare == "hf":
-        ours, theirs = [], []
-        for _ in range(cfg.bench.pairs):  # alternated, so a drift in the machine's speed hits both
-            ours.append(b.tokens_per_s())
-            theirs.append(hf_tokens_per_s(cfg, b.model.cfg.padded_vocab_size, b.device.type, b.step.compiled))
-        ratios = [a / h for a, h in zip(ours, theirs)]
-        row.update(tokens_per_s=statistics.median(ours), hf_tokens_per_s=statistics.median(theirs),
-                   ratio=statistics.median(ratios), ratios=[round(r, 3) for r in ratios], ratio_to="HF")
-    else:
-        row["tokens_per_s"] = b.tokens_per_s()
+           "device": rt.device_name, "precision": rt.precision, "threads": torch.get_num_threads(),
+           "compiled": rt.compiled, "loss": b.step.loss, "warmup_s": round(warmup_s, 1)}
+    hf_precisions = list(dict.fromkeys(["bf16" if b.device.type == "cuda" else "fp32", rt.precision]))
+    ours, theirs = [], {precision: [] for precision in hf_precisions}
+    for _ in range(cfg.bench.pairs if cfg.bench.compare == "hf" else 1):
+        ours.append(b.tokens_per_s())  # alternated, so a drift in the machine's speed hits both
+        for precision in theirs if cfg.bench.compare == "hf" else ():
+            theirs[precision].append(hf_tokens_per_s(cfg, b.model.cfg.padded_vocab_size, b.device.type,
+                                                     rt.compiled, precision))
+    row["tokens_per_s"] = statistics.median(ours)
     peak_gib = memory_gib(b.device, peak=True)
     row.update(ms_per_step=1e3 * b.tokens_per_step / row["tokens_per_s"],
-               mfu=mfu(model_flops_per_token(b.model), row["tokens_per_s"], peak),
+               mfu=mfu(model_flops_per_token(b.model), row["tokens_per_s"], rt.peak),
                peak_mem_gib=peak_gib, step_mem_gib=peak_gib - before_steps_gib,
                eval_tokens_per_s=b.eval_tokens_per_s())
+    row["eval_ratio"] = row["eval_tokens_per_s"] / row["tokens_per_s"]
     if cfg.bench.checkpoint:
         row.update(checkpoint_times(b))
     if cfg.bench.profile:
         print(kernel_profile(b, row["ms_per_step"]))
-    return row
+    if cfg.bench.compare != "hf":
+        return [row]
+    rows = []
+    for precision, hf in theirs.items():
+        ratios = [a / h for a, h in zip(ours, hf)]
+        rows.append({**row, "hf_tokens_per_s": statistics.median(hf), "ratio": statistics.median(ratios),
+                     "ratios": [round(r, 3) for r in ratios], "ratio_to": f"HF {precision}"})
+    return rows
 
 
-def bench_process(cfg: DictConfig, loss: str) -> dict:
-    """The row of `python -m lmlab.bench` with this call's trainer overrides and train.loss=`loss`,
-    in a fresh process: its peak memory is that loss's alone."""
+def bench_process(cfg: DictConfig, key: str, value: str) -> dict:
+    """The row of `python -m lmlab.bench` with this call's trainer overrides and `key`=`value`
+    (train.loss=chunked, ...), in a fresh process: its peak memory is that setting's alone."""
     keep = ("bench.warmup_steps", "bench.steps", "bench.windows")
     overrides = [o for o in HydraConfig.get().overrides.task
-                 if not (o.startswith(("bench.", "train.loss=")) and not o.startswith(keep))]
+                 if not (o.startswith(("bench.", f"{key}=")) and not o.startswith(keep))]
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "lmlab.bench", *overrides, f"train.loss={loss}", f"bench.out={tmp}/row.jsonl",
+        cmd = [sys.executable, "-m", "lmlab.bench", *overrides, f"{key}={value}", f"bench.out={tmp}/row.jsonl",
                f"hydra.run.dir={tmp}/run"]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
@@ -177,35 +188,45 @@ def bench_process(cfg: DictConfig, loss: str) -> dict:
         return json.loads(Path(tmp, "row.jsonl").read_text())
 
 
-def compare_losses(cfg: DictConfig) -> list[dict]:
-    """One row per loss (dense, chunked, and on CUDA liger and cce where installed): the medians of
-    bench.pairs runs, each in its own process, the losses alternated so a drift in the machine's
-    speed hits all of them; `ratio` is the median of each round's tokens/s over the dense one's."""
+def compared_settings(cfg: DictConfig) -> tuple[str, list[str]]:
+    """bench.compare=loss: train.loss dense, chunked, and on CUDA liger and cce where installed
+    (their kernels are Triton's); bench.compare=precision: train.precision fp32 and bf16. The first
+    is the one the others' ratios are to."""
     from importlib.util import find_spec
 
     from lmlab.config import LOSS_PACKAGES
-    from lmlab.step import resolve_device
+    from lmlab.runtime import resolve_device
 
+    if cfg.bench.compare == "precision":
+        return "train.precision", ["fp32", "bf16"]
     losses = ["dense", "chunked"]
-    if resolve_device(cfg.train.device).type == "cuda":  # their kernels are Triton's: CUDA only
+    if resolve_device(cfg.train.device).type == "cuda":
         losses += [loss for loss, package in LOSS_PACKAGES.items() if find_spec(package)]
-    runs = {loss: [] for loss in losses}
+    return "train.loss", losses
+
+
+def compare_settings(cfg: DictConfig) -> list[dict]:
+    """One row per setting (`compared_settings`): the medians of bench.pairs runs, each in its own
+    process, the settings alternated so a drift in the machine's speed hits all of them; `ratio` is
+    the median of each round's tokens/s over the first setting's."""
+    key, values = compared_settings(cfg)
+    runs = {value: [] for value in values}
     for _ in range(cfg.bench.pairs):
-        for loss in list(runs):
+        for value in list(runs):
             try:
-                runs[loss].append(bench_process(cfg, loss))
+                runs[value].append(bench_process(cfg, key, value))
             except RuntimeError as e:
-                if loss in ("dense", "chunked"):
+                if value in values[:2]:
                     raise
-                print(f"train.loss={loss} left out: {e}", flush=True)  # an optional package's kernels
-                del runs[loss]
+                print(f"{key}={value} left out: {e}", flush=True)  # an optional package's kernels
+                del runs[value]
     rows = []
-    for loss, arm in runs.items():
-        row = {**arm[0], **{key: statistics.median(r[key] for r in arm) for key in (
-            "tokens_per_s", "ms_per_step", "mfu", "peak_mem_gib", "step_mem_gib", "eval_tokens_per_s")
-            if arm[0][key] is not None}}
-        ratios = [r["tokens_per_s"] / d["tokens_per_s"] for r, d in zip(arm, runs["dense"])]
-        row.update(ratio=statistics.median(ratios), ratios=[round(r, 3) for r in ratios], ratio_to="dense")
+    for value, arm in runs.items():
+        row = {**arm[0], **{k: statistics.median(r[k] for r in arm) for k in (
+            "tokens_per_s", "ms_per_step", "mfu", "peak_mem_gib", "step_mem_gib", "eval_tokens_per_s", "eval_ratio")
+            if arm[0][k] is not None}}
+        ratios = [r["tokens_per_s"] / first["tokens_per_s"] for r, first in zip(arm, runs[values[0]])]
+        row.update(ratio=statistics.median(ratios), ratios=[round(r, 3) for r in ratios], ratio_to=values[0])
         rows.append(row)
     return rows
 
@@ -336,7 +357,7 @@ def data_path(cfg: DictConfig) -> dict:
 def format_rows(rows: list[dict]) -> str:
     """The table of `rows`, each followed by its extra figures (checkpoint, data path)."""
     head = ["model", "shape (d x L, seq x batch, vocab)", "device", "compiled", "loss", "tokens/s", "ms/step", "MFU",
-            "peak GiB (step's)", "eval tokens/s", "HF tokens/s", "ratio (pairs)"]
+            "peak GiB (step's)", "eval tokens/s (x train)", "HF tokens/s", "ratio (pairs)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         def num(key, fmt, row=row):
@@ -346,7 +367,7 @@ def format_rows(rows: list[dict]) -> str:
                  f"{'->' + str(row['padded_vocab']) if row['padded_vocab'] != row['vocab'] else ''}",
                  f"{row['device']} {row['precision']}", str(row["compiled"]), row["loss"], num("tokens_per_s", ",.0f"),
                  num("ms_per_step", ".1f"), num("mfu", ".1%"), f"{num('peak_mem_gib', '.2f')} ({num('step_mem_gib', '.2f')})",
-                 num("eval_tokens_per_s", ",.0f"), num("hf_tokens_per_s", ",.0f"),
+                 f"{num('eval_tokens_per_s', ',.0f')} ({num('eval_ratio', '.2f')})", num("hf_tokens_per_s", ",.0f"),
                  f"{row['ratio']:.3f} vs {row['ratio_to']} ({', '.join(map(str, row['ratios']))})" if "ratio" in row else "-"]
         lines.append("| " + " | ".join(cells) + " |")
         extra = {k: v for k, v in row.items() if k.startswith(("ckpt_", "tokens_per_s_while", "bpe_", "train_mb",
@@ -358,11 +379,13 @@ def format_rows(rows: list[dict]) -> str:
 
 @hydra.main(version_base="1.3", config_path="pkg://lmlab.conf", config_name="bench")
 def main(cfg: DictConfig) -> float:
+    from lmlab.distributed import place_job
     from lmlab.errors import exit_for
 
     try:
         validate(cfg)
-        rows = compare_losses(cfg) if cfg.bench.compare == "loss" else [bench_step(cfg)]
+        place_job(cfg.train.threads, 1, 0)
+        rows = compare_settings(cfg) if cfg.bench.compare in ("loss", "precision") else bench_step(cfg)
         if cfg.bench.data:
             rows[-1].update(data_path(cfg))
     except Exception as e:

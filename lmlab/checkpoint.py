@@ -21,13 +21,10 @@ import torch
 
 from lmlab.atomic import atomic_path
 from lmlab.data.tokenizer import Tokenizer
+from lmlab.errors import CheckpointError
 from lmlab.model import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def checkpoint_payload(model: GPT, tokenizer_ref: dict, train_state: dict, config: dict,

@@ -10,15 +10,9 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+
 if TYPE_CHECKING:  # importing torch takes seconds: a mistyped override is answered without it
     from lmlab.model import GPTConfig
-
-
-class ConfigError(ValueError):
-    """A bad config value: the message names the key and the reason."""
-
-    def __init__(self, key: str, reason: str):
-        super().__init__(f"{key}: {reason}")
 
 
 @dataclass
@@ -89,7 +83,7 @@ class TrainConfig:
     eval_every: int = 250
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16 for d_model >= 128, else fp32) | fp32 | bf16
     compile: str = "auto"  # auto (on CUDA only) | true | false: torch.compile of the step's forward and loss
     compile_mode: Optional[str] = None  # torch.compile's mode: null (default) | reduce-overhead | max-autotune
     loss: str = "auto"  # auto (dense, as measured so far) | dense | chunked | liger | cce (docs/speed.md)
@@ -195,11 +189,11 @@ class BenchConfig:
     warmup_steps: int = 3  # untimed: compilation and allocator warm-up
     steps: int = 10  # steps per timed window (one device sync per window)
     windows: int = 5  # the median window is reported
-    # none | hf: the same shapes through `hf_script`, alternated with lmlab's windows | loss: each
-    # train.loss (dense, chunked; liger, cce on CUDA where installed) in its own process, alternated
+    # none | hf: the same shapes through lmlab.hf_baseline, alternated with lmlab's windows | loss:
+    # each train.loss (dense, chunked; liger, cce on CUDA where installed) in its own process,
+    # alternated | precision: train.precision fp32 and bf16, the same way
     compare: str = "none"
-    pairs: int = 3  # alternated (lmlab, HF) pairs or rounds of the losses; the median ratio is reported
-    hf_script: str = "../shared/bench/hf_gpt2_baseline.py"
+    pairs: int = 3  # alternated (lmlab, HF) pairs or rounds of the settings; the median ratio is reported
     data: bool = False  # also the data path: BPE encoding MB/s, warm cache load, launch to exit of a 1-step run
     checkpoint: bool = False  # also a checkpoint save: the stall and the background write
     profile: bool = False  # also the top kernels of one window (torch.profiler)
@@ -210,8 +204,6 @@ class BenchConfig:
 class BenchRunConfig(Config):
     bench: BenchConfig = field(default_factory=BenchConfig)
 
-
-SCHEMA_PREFIX = "base_"  # schema nodes are `base_<group>` in each group: defaults, never a user's choice
 
 
 def gpt_config(cfg: DictConfig, vocab_size: int) -> GPTConfig:

@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from lmlab.errors import LostProcess
+
 if TYPE_CHECKING:
     import torch
-
-
-class LostProcess(RuntimeError):
-    """Another process of the launch died or stopped answering: this one stops too."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +30,12 @@ class Ranks:
     def main(self) -> bool:
         """The process that writes: metrics, summary, samples, checkpoints, W&B."""
         return self.rank == 0
+
+    @property
+    def local_gpu(self) -> int | None:
+        """The GPU this process trains on when it is one of several (one per local rank); None:
+        the only process, on the default one."""
+        return self.local_rank if self.world > 1 else None
 
 
 def this_process() -> Ranks:
@@ -46,23 +50,18 @@ def this_process() -> Ranks:
     return Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
-    """One GPU per local rank; the CPU is shared."""
-    import torch
-
-    return torch.device("cuda", ranks.local_rank) if device.type == "cuda" and ranks.world > 1 else device
-
-
-def setup(device: torch.device, timeout_s: float) -> Ranks:
+def setup(device_name: str, timeout_s: float) -> Ranks:
     """Join the launch's process group, if it has one: NCCL on CUDA (this process on its local
-    rank's GPU), gloo on the CPU. A collective that waits `timeout_s` (train.dist_timeout_s) for
+    rank's GPU; `device_name` is train.device), gloo on the CPU. A collective that waits `timeout_s` (train.dist_timeout_s) for
     a process that died or hangs fails, instead of after gloo's 30 or NCCL's 10 minutes."""
     import torch
     import torch.distributed as dist
 
+    from lmlab.runtime import resolve_device
+
     ranks = this_process()
     if ranks.world > 1 and not dist.is_initialized():
-        device = rank_device(device, ranks)
+        device = resolve_device(device_name, ranks.local_gpu)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s),

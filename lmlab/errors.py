@@ -1,4 +1,6 @@
-"""Errors a user causes and can fix, reported in one line instead of a traceback, and exit statuses.
+"""The errors lmlab raises, defined here and imported by the modules that raise them (so this
+module imports none of lmlab); those a user causes and can fix are reported in one line instead
+of a traceback. And the exit statuses.
 
 Exit status: 0 done; 1 a bug (with its traceback), or another process of a multi-process launch
 lost (one line); 2 bad input, a checkpoint that cannot be written or resumed into this run, or
@@ -15,15 +17,23 @@ from typing import Callable
 from hydra.errors import HydraException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
-from lmlab.config import SCHEMA_PREFIX, ConfigError
 
-EXIT_BAD_INPUT = 2
-EXIT_PREEMPTED = 75
-EXIT_INTERRUPTED = 130
-_FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user's wish, read before report_errors sets it
-# What can go wrong before any compute is told apart without importing torch (which takes
-# seconds), so a mistyped override is answered at once.
-_BEFORE_COMPUTE = (ConfigError, HydraException, OmegaConfBaseException, OSError)
+SCHEMA_PREFIX = "base_"  # schema nodes are `base_<group>` in each group: defaults, never a user's choice
+
+
+class ConfigError(ValueError):
+    """A bad config value: the message names the key and the reason."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+
+
+class DataError(RuntimeError):
+    """The data cannot be read: the message says what to do about it."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, written or resumed into this run."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -35,11 +45,21 @@ class Preempted(Exception):
     """A stop signal arrived; a checkpoint of the current step was saved first."""
 
 
+class LostProcess(RuntimeError):
+    """Another process of the launch died or stopped answering: this one stops too."""
+
+
+EXIT_BAD_INPUT = 2
+EXIT_PREEMPTED = 75
+EXIT_INTERRUPTED = 130
+_FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user's wish, read before report_errors sets it
+# What can go wrong before any compute is told apart without importing torch (which takes
+# seconds), so a mistyped override is answered at once.
+_BEFORE_COMPUTE = (ConfigError, HydraException, OmegaConfBaseException, OSError)
+
+
 def user_errors() -> tuple[type[Exception], ...]:
     """Every error a user causes and can fix."""
-    from lmlab.checkpoint import CheckpointError
-    from lmlab.data import DataError
-
     return (*_BEFORE_COMPUTE, DataError, CheckpointError, TrainingDiverged)
 
 
@@ -83,8 +103,6 @@ def exit_for(e: BaseException, prog: str = "lmlab") -> None:
         if isinstance(e, Preempted):
             print(f"{prog}: {e}", file=sys.stderr)
             sys.exit(EXIT_PREEMPTED)
-        from lmlab.distributed import LostProcess
-
         if isinstance(e, LostProcess):  # a failure, not the user's input: status 1, but no traceback
             print(f"{prog}: error: {e}", file=sys.stderr)
             sys.exit(1)

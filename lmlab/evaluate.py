@@ -19,7 +19,7 @@ import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -30,7 +30,8 @@ from lmlab.data import IGNORE, Split, collate, packed_rows, scored_targets, stri
 from lmlab.distributed import Ranks, all_reduce_sum
 from lmlab.metrics import EvalResult
 from lmlab.rng import own_stream
-from lmlab.step import batch_loss, to_device
+from lmlab.runtime import Runtime
+from lmlab.step import loss_function, to_device
 
 PREFIXES = {"train": "train", "validation": "val", "test": "test"}  # a split's metrics keys, as in summary.json
 
@@ -77,17 +78,18 @@ def eval_rows(n_tokens: int, window: int, stride: int | None) -> np.ndarray:
 
 
 @torch.inference_mode()
-def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int, device,
-             context: Callable[[], ContextManager] = nullcontext, segments: bool = False,
-             max_batches: int | None = None, ranks: Ranks = Ranks(), train_mode: bool = False,
-             dropout_seed: int = 0) -> SplitScores:
-    """Score `rows` of `split` in eval mode (dropout off), each forward under a fresh `context()`
-    (see step.compute_context); the caller's train/eval mode is restored. With several ranks each
+def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int, runtime: Runtime | str,
+             segments: bool = False, max_batches: int | None = None, ranks: Ranks = Ranks(),
+             train_mode: bool = False, dropout_seed: int = 0) -> SplitScores:
+    """Score `rows` of `split` in eval mode (dropout off) on the run's `runtime` (its precision,
+    attention backends, and compiled where training is), or on a device given by name, eagerly in
+    fp32; the caller's train/eval mode is restored. With several ranks each
     scores every world-th batch and the sums are added up, so the whole split is scored once.
     Per-target NLLs are summed by document and by window position on the device, in one buffer
     read once at the end. `train_mode=True` is the seed's bug (bugs.eval_in_train_mode): dropout stays on,
     its masks drawn from a stream of their own seeded by `dropout_seed` (lmlab.rng.own_stream)."""
-    device = torch.device(device)
+    runtime = runtime if isinstance(runtime, Runtime) else Runtime(torch.device(runtime))
+    device, loss_fn = runtime.device, loss_function(runtime)
     was_training = model.training
     model.train(train_mode)
     eos_at = np.flatnonzero(np.asarray(split.tokens) == eos_id)
@@ -115,8 +117,8 @@ def evaluate(model, split: Split, rows: np.ndarray, eos_id: int, batch_size: int
                 # A target at stream index j is in the document of the EOS tokens before j.
                 targets = batch_rows[:, :1] + 1 + np.arange(scored.shape[1])
                 docs = np.where(scored, np.searchsorted(eos_at, targets), n_docs)
-                with context():
-                    nll = batch_loss(model, batch, device, reduction="none").view(scored.shape).double()
+                with runtime.context():
+                    nll = loss_fn(model, **to_device(batch, device), reduction="none").view(scored.shape).double()
                 nll_sums[0] += nll.sum()
                 ends = scored & (batch["y"].numpy() == eos_id)
                 on_device = to_device({"docs": torch.from_numpy(docs), "ends": torch.from_numpy(ends)}, device)
@@ -187,7 +189,7 @@ def run_config(args: EvaluateConfig, overrides: list[str], run: dict):
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from lmlab.config import ConfigError
+    from lmlab.errors import ConfigError
     from lmlab.validation import validate
 
     with initialize_config_module(config_module="lmlab.conf", version_base="1.3"):
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     from lmlab.checkpoint import load_model
     from lmlab.cli import HELP_FLAGS, parse_key_values
     from lmlab.errors import exit_bad_input, user_errors
-    from lmlab.step import compute_context, resolve_device
+    from lmlab.runtime import resolve_runtime
 
     argv = sys.argv[1:] if argv is None else argv
     own = [a for a in argv if a.split("=")[0] in EvaluateConfig.__dataclass_fields__ or a in HELP_FLAGS]
@@ -219,8 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
         args = parse_key_values(EvaluateConfig, own, verbatim=("checkpoint", "out"), doc=__doc__)
         model, tokenizer, ckpt = load_model(args.checkpoint)
         cfg = run_config(args, [a for a in argv if a not in own], ckpt["config"])
-        device = resolve_device(cfg.train.device)
-        model.to(device)
+        runtime = resolve_runtime(cfg.train, model.cfg.d_model)
+        model.to(runtime.device)
         own_corpus = not any(a.lstrip("+~").split("=")[0].split(".")[0] == "data" for a in argv if a not in own)
         split, what = tokenized_split(tokenizer, cfg.data, args.split, own_corpus)
         print(f"lmlab.evaluate: scored {split.n_docs:,} document{'s' * (split.n_docs != 1)}, "
@@ -229,9 +231,9 @@ def main(argv: list[str] | None = None) -> dict:
         seed = ckpt["config"]["train"]["seed"] if args.seed is None else args.seed
 
         def evaluate_rows(rows: np.ndarray) -> SplitScores:
-            return evaluate(model, split, rows, tokenizer.eos_id, cfg.eval.batch_size, device,
-                            lambda: compute_context(device, cfg.train), ckpt["config"]["model"]["doc_mask"],
-                            cfg.eval.max_batches, train_mode=args.mode == "train", dropout_seed=seed)
+            return evaluate(model, split, rows, tokenizer.eos_id, cfg.eval.batch_size, runtime,
+                            ckpt["config"]["model"]["doc_mask"], cfg.eval.max_batches,
+                            train_mode=args.mode == "train", dropout_seed=seed)
 
         metrics, scores = score_split(evaluate_rows, len(split.tokens), model.cfg.max_seq_len, cfg.eval,
                                       PREFIXES[args.split])

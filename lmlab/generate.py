@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from lmlab.checkpoint import CheckpointError, load_model
-    from lmlab.step import resolve_device
+    from lmlab.runtime import resolve_device
 
     try:
         device = resolve_device(cfg.device)

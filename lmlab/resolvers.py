@@ -12,8 +12,9 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from lmlab.config import (SCHEMA_PREFIX, BenchConfig, BenchRunConfig, Config, ConfigError, DataConfig, EvalConfig,
-                          LoggerConfig, ModelConfig, ScheduleConfig, TokenizerConfig, TrainConfig)
+from lmlab.config import (BenchConfig, BenchRunConfig, Config, DataConfig, EvalConfig, LoggerConfig, ModelConfig,
+                          ScheduleConfig, TokenizerConfig, TrainConfig)
+from lmlab.errors import SCHEMA_PREFIX, ConfigError
 
 
 def register_configs(bench: bool = False) -> None:

@@ -1,4 +1,5 @@
-"""One training step and what it runs on: the device, precision, optimizer and batch transfer.
+"""One training step: the optimizer, the batches' way to the device and the loss (what it runs on
+is the run's `Runtime`, lmlab/runtime.py).
 
 `TrainStep` is the only code that trains: the loop in train.py and `python -m lmlab.bench` both
 call it, so what the bench times is what a run does. A step never waits for the device: the loss
@@ -10,69 +11,16 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
-from lmlab.config import ConfigError
 from lmlab.data import IGNORE, Sampler, collate, scored_targets, with_seed_bugs
 from lmlab.distributed import Ranks, data_parallel, no_sync
 from lmlab.loss import HEAD_LOSSES
 from lmlab.model import GPT
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device", "cuda was asked for but no CUDA device is available")
-    return torch.device(name)
-
-
-def resolve_precision(device: torch.device, precision: str) -> str:
-    """bf16 or fp32: `auto` is bf16 on CUDA and fp32 on the CPU, where bf16 matmuls are no faster."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
-
-
-def compute_context(device: torch.device, tcfg) -> ExitStack:
-    """What every forward pass runs under, in training and evaluation alike: bf16 autocast where
-    the precision says so, and the attention backends' order (`attention_backends`)."""
-    stack = ExitStack()
-    if resolve_precision(device, tcfg.precision) == "bf16":
-        stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
-    stack.enter_context(attention_backends(tcfg, device))
-    return stack
-
-
-def use_compile(setting: str, device: torch.device) -> bool:
-    """train.compile: auto compiles on CUDA only. On 2 CPU cores compiling the small model took
-    ~35 s and won 3% (5.8k -> 6.0k tokens/s), which a run of a few hundred steps never pays back."""
-    setting = str(setting).lower()  # `train.compile=true` reaches a str field as "True"
-    return device.type == "cuda" if setting == "auto" else setting == "true"
-
-
-def attention_backends(tcfg, device: torch.device):
-    """A context that orders SDPA's backends (train.attention). `auto` prefers cuDNN's kernels on
-    Hopper, where they ran training shapes 1.7-2.3x faster than FlashAttention-2 (PyTorch's first
-    choice) in transformers#48163, and the math kernels under train.deterministic, whose backward
-    has no atomics; elsewhere PyTorch's own order stands."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    order = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
-    setting = tcfg.attention
-    if setting == "auto":
-        if tcfg.deterministic:
-            setting = "math"
-        elif device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9:
-            setting = "cudnn"
-        else:
-            return nullcontext()
-    first = order.pop(setting)
-    return sdpa_kernel([first, *order.values()], set_priority=True)
+from lmlab.runtime import Runtime
 
 
 def make_deterministic() -> None:
@@ -168,6 +116,12 @@ def forward_loss(model, x, y, pad_mask=None, segments=None, reduction: str = "me
                              ignore_index=IGNORE, reduction=reduction)
 
 
+def loss_function(runtime: Runtime):
+    """`forward_loss`, compiled where the runtime says so. Training and evaluation share the
+    compiled code (torch.compile caches it per function), each with its own graphs."""
+    return torch.compile(forward_loss, mode=runtime.compile_mode) if runtime.compiled else forward_loss
+
+
 def batch_loss(model, batch: dict, device, reduction: str = "mean", loss: str = "auto") -> torch.Tensor:
     """`forward_loss` of a host batch from `collate`, with train.loss `loss`."""
     device = torch.device(device)
@@ -182,16 +136,16 @@ class TrainStep:
     the micro-batches' means would weigh a short document's targets more where rows are unpacked.
     Under DDP only the last micro-batch all-reduces."""
 
-    def __init__(self, model: GPT, optimizer: torch.optim.Optimizer, device: torch.device, tcfg,
+    def __init__(self, model: GPT, optimizer: torch.optim.Optimizer, runtime: Runtime, tcfg,
                  ranks: Ranks = Ranks()):
-        self.model, self.optimizer, self.device, self.tcfg, self.ranks = model, optimizer, device, tcfg, ranks
-        self.module = data_parallel(model, ranks, device)
-        self.compiled = use_compile(tcfg.compile, device)
-        self.loss = resolve_loss(tcfg.loss, device)
-        self.loss_fn = torch.compile(forward_loss, mode=tcfg.compile_mode) if self.compiled else forward_loss
+        self.model, self.optimizer, self.runtime, self.tcfg, self.ranks = model, optimizer, runtime, tcfg, ranks
+        self.device, self.compiled = runtime.device, runtime.compiled
+        self.module = data_parallel(model, ranks, self.device)
+        self.loss = resolve_loss(tcfg.loss, self.device)
+        self.loss_fn = loss_function(runtime)
         if tcfg.deterministic:
             make_deterministic()
-        if device.type == "cpu":
+        if self.device.type == "cpu":
             keep_freed_host_memory()
 
     def __call__(self, micro_batches: list[tuple[dict, int]], lr: float) -> torch.Tensor:
@@ -204,7 +158,7 @@ class TrainStep:
         step_targets = sum(n_targets for _, n_targets in micro_batches)
         for i, (batch, _) in enumerate(micro_batches):
             with nullcontext() if i == len(micro_batches) - 1 else no_sync(self.module):
-                with compute_context(self.device, self.tcfg):
+                with self.runtime.context():
                     share = self.loss_fn(self.module, **batch, reduction="sum", loss=self.loss) / step_targets
                 # DDP averages gradients over the ranks; the shares are to be summed.
                 (share * self.ranks.world).backward()

@@ -63,7 +63,7 @@ def unreachable(url: str) -> str | None:
 def online_or_offline(logger_cfg, run_dir: Path) -> str:
     """The W&B mode a run starts in: wandb_mode's, but offline, said in one line, when the server
     cannot be reached; a ConfigError, before anything is written, when online was asked for."""
-    from lmlab.config import ConfigError
+    from lmlab.errors import ConfigError
 
     mode = wandb_mode(logger_cfg)
     why = unreachable(wandb_server()) if mode == "online" else None

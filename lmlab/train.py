@@ -18,18 +18,18 @@ from tqdm import tqdm
 from lmlab.atomic import write_text
 from lmlab.checkpoint import (CheckpointError, CheckpointWriter, checkpoint_payload, discard_checkpoints,
                               load_checkpoint, relink_best)
-from lmlab.config import ConfigError
+from lmlab.errors import ConfigError
 from lmlab.data import Sampler, Split, document_rows, packed_rows
-from lmlab.distributed import Ranks, all_reduce_sum, any_rank, barrier, rank_device
+from lmlab.distributed import Ranks, all_reduce_sum, any_rank, barrier
 from lmlab.errors import Preempted, TrainingDiverged
 from lmlab.evaluate import eval_rows, evaluate, score_split
-from lmlab.flops import Throughput, mfu, model_flops_per_token, peak_flops, token_budget
+from lmlab.flops import Throughput, mfu, model_flops_per_token, token_budget
 from lmlab.metrics import EvalResult
 from lmlab.model import GPT
 from lmlab.rng import capture_ranks_rng, eval_stream_seed, restore_ranks_rng, seed_stream
+from lmlab.runtime import resolve_runtime
 from lmlab.schedule import lr_at, planned_steps, warmup_warning
-from lmlab.step import (TrainStep, compute_context, device_batches, make_optimizer, resolve_device,
-                        resolve_precision)
+from lmlab.step import TrainStep, device_batches, make_optimizer
 from lmlab.stop import StopSignals
 
 log = logging.getLogger(__name__)
@@ -46,18 +46,6 @@ class TrainState:
     best_step: int | None = None  # the step best.pt holds
     rng: list = field(default_factory=list)  # each rank's generators, by rank (lmlab.rng)
     wandb_run_id: str | None = None
-
-
-def device_peak(device: torch.device, tcfg) -> tuple[str, float | None]:
-    """The device's name and its dense peak FLOP/s at the run's precision (None: unknown)."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    precision = resolve_precision(device, tcfg.precision)
-    if precision == "fp32" and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
-        precision = "tf32"
-    peak = peak_flops(name, precision, tcfg.peak_tflops)
-    if peak is None:
-        log.info("MFU unknown: no %s peak known for %s; set train.peak_tflops to report it", precision, name)
-    return name, peak
 
 
 def train_rows(cfg, split: Split, eos_id: int) -> np.ndarray:
@@ -125,7 +113,8 @@ class Trainer:
                               f"over {ranks.world} processes; make it a multiple of {ranks.world}")
         self.cfg, self.tcfg, self.model, self.tokenizer, self.splits = cfg, tcfg, model, tokenizer, splits
         self.tracker, self.run_dir, self.config, self.on_eval, self.ranks = tracker, run_dir, config, on_eval, ranks
-        self.device = rank_device(resolve_device(tcfg.device), ranks)
+        self.runtime = resolve_runtime(tcfg, cfg.model.d_model, ranks.local_gpu)
+        self.device = self.runtime.device
         model.to(self.device)
         self.opt = make_optimizer(model, tcfg, fused=self.device.type == "cuda")
         self.ckpt_dir = run_dir / "checkpoints"
@@ -140,7 +129,6 @@ class Trainer:
             log.warning(warning)
         self.checkpoint_every = tcfg.checkpoint_every or tcfg.eval_every
         self.writer = CheckpointWriter(self.ckpt_dir, tcfg.keep_checkpoints)
-        self.device_name, self.peak = device_peak(self.device, tcfg)
         self.saved_step: int | None = None  # the step of the newest checkpoint
         self.val: EvalResult | None = None  # the newest validation score
         # Losses stay on the device until a log step, an evaluation or a checkpoint reads them all
@@ -174,7 +162,7 @@ class Trainer:
             self.sampler = Sampler(self.rows["train"], self.tcfg.batch_size, self.tcfg.seed, state.epoch, state.cursor)
         except ValueError as e:  # more rows asked for than the data has: the user's config to fix
             raise ConfigError("train.batch_size", str(e)) from None
-        self.train_step = TrainStep(self.model, self.opt, self.device, self.tcfg, self.ranks)
+        self.train_step = TrainStep(self.model, self.opt, self.runtime, self.tcfg, self.ranks)
         self.started = time.perf_counter()
 
     def refuse_finished_elsewhere(self) -> None:
@@ -248,7 +236,7 @@ class Trainer:
     def evaluate(self, split: str, rows: np.ndarray | None = None) -> EvalResult:
         started, rows = time.perf_counter(), self.rows[split] if rows is None else rows
         result = evaluate(self.model, self.splits[split], rows, self.tokenizer.eos_id,
-                          self.cfg.eval.batch_size, self.device, partial(compute_context, self.device, self.tcfg),
+                          self.cfg.eval.batch_size, self.runtime,
                           self.cfg.model.doc_mask, self.cfg.eval.max_batches, self.ranks,
                           train_mode=self.cfg.bugs.eval_in_train_mode,
                           dropout_seed=eval_stream_seed(self.tcfg.seed, self.ranks.rank, self.state.step))
@@ -290,7 +278,7 @@ class Trainer:
         device: the launch's FLOP/s over the peaks of all its devices."""
         per_device = None if tokens_per_s is None else tokens_per_s / self.ranks.world
         return {"tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
-                "mfu": mfu(self.flops_tok, per_device, self.peak)}
+                "mfu": mfu(self.flops_tok, per_device, self.runtime.peak)}
 
     def diverged(self, bad_step: int, what: str) -> TrainingDiverged:
         """The error that ends a diverged run, once the checkpoints of `bad_step` and later are gone
@@ -316,15 +304,16 @@ class Trainer:
                                    self.cfg.model.max_seq_len, self.cfg.eval)
         if self.ranks.main:
             write_text(self.run_dir / "test_scores.json", json.dumps(scores))
-        state, model, peak, wall_s = self.state, self.model, self.peak, time.perf_counter() - self.started
+        state, model, peak, wall_s = self.state, self.model, self.runtime.peak, time.perf_counter() - self.started
         return {"status": "done", "val_ppl": self.val.ppl, "best_val_ppl": math.exp(state.best_val_loss),
                 "best_val_loss": state.best_val_loss, **state.best_val, **test,
                 "eval_windows": f"stride {self.cfg.eval.stride}" if self.cfg.eval.stride else "non-overlapping",
                 "n_params": model.n_params(), "n_params_non_embedding": model.n_params(non_embedding=True),
                 "steps": state.step, "tokens_seen": state.tokens, **self.throughput(self.tokens_per_s),
                 "flops_per_token": self.flops_tok, "train_flops": self.flops_tok * state.tokens,
-                "max_flops": self.tcfg.max_flops, "device": self.device_name,
-                "peak_tflops": peak / 1e12 if peak else None, "compiled": self.train_step.compiled,
+                "max_flops": self.tcfg.max_flops, "device": self.runtime.device_name,
+                "peak_tflops": peak / 1e12 if peak else None, "precision": self.runtime.precision,
+                "compiled": self.train_step.compiled,
                 "checkpoint_stall_s": max(self.writer.stalls, default=None),
                 "wall_s": wall_s, "eval_s": self.eval_s, "eval_share": self.eval_s / wall_s,
                 "startup_s": self.first_step_at - launched if self.first_step_at and launched else None}

@@ -7,7 +7,8 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
-from lmlab.config import LOSS_PACKAGES, ConfigError
+from lmlab.config import LOSS_PACKAGES
+from lmlab.errors import ConfigError
 
 
 def _positive(cfg: DictConfig, keys: list[str]) -> None:
@@ -53,7 +54,7 @@ def validate(cfg: DictConfig) -> None:
                           "stride would leave tokens between the common windows unscored")
     if "bench" in cfg:
         _positive(cfg, ["bench.steps", "bench.windows", "bench.pairs"])
-        _one_of(cfg, "bench.compare", ("none", "hf", "loss"))
+        _one_of(cfg, "bench.compare", ("none", "hf", "loss", "precision"))
     if cfg.tokenizer.vocab_size < 260:
         raise ConfigError("tokenizer.vocab_size", "must be at least 260 (256 bytes + EOS + merges)")
     _one_of(cfg, "data.kind", ("wikitext", "hub", "text"))

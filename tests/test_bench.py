@@ -1,5 +1,6 @@
 """`python -m lmlab.bench`: it times the trainer's own step, and prints and records its table."""
 import json
+from importlib.util import find_spec
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -13,7 +14,7 @@ from lmlab.step import TrainStep
 from lmlab.tracking import Tracker
 from tests.conftest import CORPUS, MINI, REPO, TINY, compose_config, needs_mini, run_cli
 
-HF_SCRIPT = REPO.parent / "shared" / "bench" / "hf_gpt2_baseline.py"
+needs_transformers = pytest.mark.skipif(find_spec("transformers") is None, reason="the HF baseline needs transformers")
 SHORT = ["bench.warmup_steps=1", "bench.steps=2", "bench.windows=2"]
 
 
@@ -39,7 +40,7 @@ def test_bench_and_trainer_run_the_same_step(monkeypatch, bench_schema, tmp_path
     calls = []
     step_call = TrainStep.__call__
     monkeypatch.setattr(TrainStep, "__call__", lambda self, batches, lr: calls.append(lr) or step_call(self, batches, lr))
-    row = bench_step(compose_bench([*TINY, *SHORT]))
+    [row] = bench_step(compose_bench([*TINY, *SHORT]))
     assert len(calls) == 1 + 2 * 2  # warm-up, then 2 windows of 2 steps: every step the bench times is a TrainStep
     assert row["tokens_per_s"] > 0 and row["ms_per_step"] == pytest.approx(1e3 * 8 * 32 / row["tokens_per_s"])
 
@@ -53,9 +54,9 @@ def test_bench_and_trainer_run_the_same_step(monkeypatch, bench_schema, tmp_path
     assert len(calls) == summary["steps"] == 3
 
 
-# ../shared holds the Hugging Face baseline this compares with; bench.data builds a cold cache twice, which
-# takes ~3 s on the mini WikiText there against ~10 s on the whole embedded corpus.
-@pytest.mark.skipif(not HF_SCRIPT.is_file(), reason=f"the Hugging Face baseline is not at {HF_SCRIPT}")
+# bench.data builds a cold cache twice, which takes ~3 s on the mini WikiText against ~10 s on the
+# whole embedded corpus.
+@needs_transformers
 @needs_mini
 def test_bench_cli_prints_the_table_with_hf_data_path_and_checkpoint(tmp_path):
     out = tmp_path / "bench.jsonl"
@@ -69,6 +70,7 @@ def test_bench_cli_prints_the_table_with_hf_data_path_and_checkpoint(tmp_path):
     assert (row["model"], row["d_model"], row["n_layers"], row["seq"], row["batch"], row["vocab"]) == \
         ("small", 32, 2, 32, 8, 512)
     assert row["ratio"] == pytest.approx(row["tokens_per_s"] / row["hf_tokens_per_s"]) and len(row["ratios"]) == 1
+    assert row["precision"] == "fp32" and row["ratio_to"] == "HF fp32"  # tiny: fp32 on every CPU
     n = GPT(GPTConfig(vocab_size=512, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=32)).n_params(True)
     assert row["mfu"] == pytest.approx(flops_per_token(n, 32, 512, 2, 32) * row["tokens_per_s"] / 0.5e12)
     assert 0 < row["ckpt_stall_s"] < row["ckpt_write_s"] and row["ckpt_blocking_s"] > 0
@@ -78,6 +80,33 @@ def test_bench_cli_prints_the_table_with_hf_data_path_and_checkpoint(tmp_path):
     assert row["eval_tokens_per_s"] > 0 and row["loss"] == "dense"  # train.loss=auto on the CPU
     assert 0 <= row["step_mem_gib"] < row["peak_mem_gib"]
     assert "cache_build_ratio=" in r.stdout and "| dense |" in r.stdout
+
+
+@needs_transformers
+def test_bench_compares_with_its_own_hf_baseline_on_its_threads_at_both_precisions(tmp_path):
+    """From a folder with no ../shared, on train.threads threads (the tests' OMP_NUM_THREADS is 1):
+    HF GPT-2 at its own precision (fp32 on the CPU) and at lmlab's (bf16 here) beside it."""
+    out = tmp_path / "bench.jsonl"
+    r = run_cli([*TINY, *SHORT, "bench.compare=hf", "bench.pairs=1", "train.threads=2", "train.precision=bf16",
+                 f"bench.out={out}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, module="lmlab.bench")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(row["precision"], row["ratio_to"]) for row in rows] == [("bf16", "HF fp32"), ("bf16", "HF bf16")]
+    assert all(row["threads"] == 2 for row in rows)
+    for row in rows:
+        assert row["ratio"] == pytest.approx(row["tokens_per_s"] / row["hf_tokens_per_s"])
+        assert row["eval_ratio"] == pytest.approx(row["eval_tokens_per_s"] / row["tokens_per_s"])
+    assert "vs HF fp32" in r.stdout and "vs HF bf16" in r.stdout
+
+
+def test_bench_compares_the_precisions_each_in_its_own_process(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    r = run_cli([*TINY, *SHORT, "bench.compare=precision", "bench.pairs=1", f"bench.out={out}",
+                 f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, module="lmlab.bench")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(row["precision"], row["ratio_to"]) for row in rows] == [("fp32", "fp32"), ("bf16", "fp32")]
+    assert rows[1]["ratio"] == pytest.approx(rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"])
 
 
 def test_bench_compares_the_losses_each_in_its_own_process(tmp_path):

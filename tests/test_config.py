@@ -4,7 +4,8 @@ import itertools
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from lmlab.config import ConfigError, ModelConfig
+from lmlab.config import ModelConfig
+from lmlab.errors import ConfigError
 from lmlab.validation import validate
 from tests.conftest import REPO, compose_config, run_cli
 

@@ -8,7 +8,7 @@ import pytest
 from lmlab.data import DataError, load_splits
 from lmlab.data import sources
 from lmlab.data.sources import holdout_size, source_key, split_text
-from lmlab.config import ConfigError
+from lmlab.errors import ConfigError
 from lmlab.validation import validate
 from tests.conftest import REPO, TINY, compose_config, corpus_verses, run_cli
 

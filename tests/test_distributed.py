@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from lmlab.checkpoint import load_checkpoint
-from lmlab.config import ConfigError
+from lmlab.errors import ConfigError
 from lmlab.errors import Preempted
 from lmlab.stop import StopSignals
 from lmlab.validation import validate

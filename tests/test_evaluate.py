@@ -41,7 +41,7 @@ def test_three_perplexities_equal_a_direct_computation():
     model = tiny_gpt().eval()
     tokens = np.random.default_rng(0).integers(0, CFG.vocab_size, 50)
     split = Split("test", tokens, n_docs=1, n_words=20, n_bytes=90)
-    result = evaluate(model, split, packed_rows(len(tokens), CFG.max_seq_len), eos_id=0, batch_size=3, device="cpu")
+    result = evaluate(model, split, packed_rows(len(tokens), CFG.max_seq_len), eos_id=0, batch_size=3, runtime="cpu")
 
     # Directly: one window at a time, no collate, no padding, no cross_entropy.
     nll, n = 0.0, 0
@@ -141,7 +141,7 @@ def test_scores_split_the_nll_by_document_and_by_window_position():
     docs = [rng.integers(1, CFG.vocab_size, n) for n in (5, 30, 1, 12)]  # every document ends in EOS (0)
     tokens = np.concatenate([np.append(d, 0) for d in docs])
     rows = packed_rows(len(tokens), CFG.max_seq_len)
-    result = evaluate(model, Split("test", tokens, 4, 20, 90), rows, eos_id=0, batch_size=2, device="cpu")
+    result = evaluate(model, Split("test", tokens, 4, 20, 90), rows, eos_id=0, batch_size=2, runtime="cpu")
 
     doc_nll, doc_tokens = np.zeros(4), np.zeros(4, dtype=int)
     pos_nll, pos_tokens = np.zeros(CFG.max_seq_len), np.zeros(CFG.max_seq_len, dtype=int)

@@ -10,8 +10,10 @@ import torch
 from omegaconf import OmegaConf
 
 from lmlab.checkpoint import load_checkpoint
-from lmlab.data import Sampler, collate, packed_rows
+from lmlab.data import Sampler, Split, collate, packed_rows
+from lmlab.evaluate import evaluate
 from lmlab.model import GPT, GPTConfig
+from lmlab.runtime import resolve_runtime
 from lmlab.step import TrainStep, device_batches, make_optimizer, to_device
 from tests.conftest import MINI, REPO, TINY, needs_mini, run_cli
 
@@ -22,7 +24,8 @@ CFG = GPTConfig(vocab_size=50257, d_model=64, n_heads=4, n_layers=2, d_ff=256, m
 
 def tcfg(**kw):
     base = {"weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "precision": "auto",
-            "compile": "auto", "compile_mode": None, "attention": "auto", "deterministic": False, "loss": "auto"}
+            "compile": "auto", "compile_mode": None, "attention": "auto", "deterministic": False, "loss": "auto",
+            "device": "cuda", "peak_tflops": None}
     return OmegaConf.create({**base, **kw})
 
 
@@ -44,7 +47,7 @@ def test_compiled_bf16_step_with_fused_adamw_learns_and_matches_eager(loss):
         torch.manual_seed(0)
         model = GPT(CFG).to(CUDA)
         opt = make_optimizer(model, tcfg(), fused=True)
-        step = TrainStep(model, opt, CUDA, tcfg(compile=setting, loss=loss))
+        step = TrainStep(model, opt, resolve_runtime(tcfg(compile=setting), CFG.d_model), tcfg(compile=setting, loss=loss))
         assert opt.defaults["fused"] and step.compiled == (setting == "auto")
         sampler = Sampler(rows[:8], 8, seed=0)  # one batch, again and again: the loss must fall
         losses[setting] = [step(device_batches(tokens, sampler, 1, 0, False, CUDA)[0], 3e-3).item()
@@ -53,6 +56,20 @@ def test_compiled_bf16_step_with_fused_adamw_learns_and_matches_eager(loss):
     # bf16: the compiled and eager steps round differently, so they agree to bf16's precision.
     assert losses["auto"][:3] == pytest.approx(losses["false"][:3], rel=2e-2)
     assert model.wte.weight[CFG.vocab_size:].abs().sum() == 0  # 50257 -> 50304 rows, the padding untouched
+
+
+def test_evaluation_is_compiled_where_training_is_and_scores_as_the_eager_one():
+    tokens = np.random.default_rng(1).integers(0, CFG.vocab_size, 20 * 64 + 1)
+    split, rows = Split("v", tokens, 1, 10, 10), packed_rows(len(tokens), 64)  # 20 rows: batches of 8, 8, 4
+    torch.manual_seed(0)
+    model = GPT(CFG).to(CUDA)
+    runtimes = {setting: resolve_runtime(tcfg(compile=setting), CFG.d_model) for setting in ("false", "auto")}
+    assert runtimes["auto"].compiled and not runtimes["false"].compiled
+    assert {rt.precision for rt in runtimes.values()} == {"bf16"}
+    scores = {setting: evaluate(model, split, rows, 0, 8, rt) for setting, rt in runtimes.items()}
+    assert scores["auto"].n_tokens == scores["false"].n_tokens == 20 * 64
+    # bf16: the compiled and eager forwards round differently, so they agree to bf16's precision.
+    assert scores["auto"].loss == pytest.approx(scores["false"].loss, rel=1e-2)
 
 
 # WikiText-2-mini, not the embedded corpus: .gpu/check.sh installs lmlab without its dependencies

@@ -5,13 +5,14 @@ from importlib.util import find_spec
 import pytest
 import torch
 
-from lmlab.config import LOSS_PACKAGES, ConfigError
-from lmlab.validation import validate
+from lmlab.config import LOSS_PACKAGES
+from lmlab.errors import ConfigError
 from lmlab.loss import chunked_cross_entropy
 from lmlab.model import GPT, GPTConfig
 from lmlab.step import TrainStep, forward_loss, make_optimizer, resolve_loss
+from lmlab.validation import validate
 from tests.conftest import compose_config
-from tests.test_step import tcfg
+from tests.test_step import runtime_of, tcfg
 
 CFG = GPTConfig(vocab_size=101, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=16)  # padded to 128
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
@@ -107,7 +108,7 @@ def test_train_step_takes_the_loss_train_loss_names():
     losses = {}
     for setting in ("dense", "chunked"):
         model = model_on("cpu")
-        step = TrainStep(model, make_optimizer(model, tcfg(), fused=False), torch.device("cpu"), tcfg(loss=setting))
+        step = TrainStep(model, make_optimizer(model, tcfg(), fused=False), runtime_of(tcfg()), tcfg(loss=setting))
         assert step.loss == setting
         x, y = batch("cpu")
         losses[setting] = [step([({"x": x, "y": y}, int((y != -100).sum()))], 1e-2).item() for _ in range(3)]

@@ -13,6 +13,7 @@ from lmlab.data import Sampler, Split, collate, document_rows, packed_rows, scor
 from lmlab.evaluate import evaluate
 from lmlab.model import GPT, GPTConfig
 from lmlab.rng import capture_rng, restore_rng
+from lmlab.runtime import Runtime, resolve_runtime
 from lmlab.step import TrainStep, batch_loss, device_batches, make_optimizer, to_device
 from lmlab.schedule import lr_at
 
@@ -22,8 +23,13 @@ CFG = GPTConfig(vocab_size=101, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_
 def tcfg(**kw):
     base = {"weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "precision": "auto",
             "compile": "false", "compile_mode": None, "attention": "auto", "deterministic": False,
-            "loss": "auto"}
+            "loss": "auto", "device": "cpu", "peak_tflops": None}
     return OmegaConf.create({**base, **kw})
+
+
+def runtime_of(cfg, device: str = "cpu") -> Runtime:
+    """The Runtime the trainer resolves from the train config `cfg` for CFG's model on `device`."""
+    return resolve_runtime(OmegaConf.merge(cfg, {"device": device}), CFG.d_model)
 
 
 def gpt(cfg=CFG, seed=0) -> GPT:
@@ -67,7 +73,7 @@ def sgd_step_weights(micro_rows: list[np.ndarray], tokens) -> dict:
     """Weights after one TrainStep of plain SGD (lr 1, no clipping), whose update is the gradient
     itself: any error in scaling the micro-batches' losses shows in the weights."""
     model = gpt()
-    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=1.0), torch.device("cpu"), tcfg(grad_clip=1e9))
+    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=1.0), runtime_of(tcfg()), tcfg(grad_clip=1e9))
     step([(to_device(collate(tokens, rows, 0), "cpu"), scored_targets(rows)) for rows in micro_rows],
          lr=1.0)
     return {k: v.clone() for k, v in model.state_dict().items()}
@@ -111,7 +117,7 @@ def test_a_padded_vocabulary_changes_no_number_of_the_run():
     # Same seed, same weights, same losses and perplexity, step after step.
     steps = {}
     for name, model in (("padded", padded), ("plain", plain)):
-        step = TrainStep(model, make_optimizer(model, tcfg(), fused=False), torch.device("cpu"), tcfg())
+        step = TrainStep(model, make_optimizer(model, tcfg(), fused=False), runtime_of(tcfg()), tcfg())
         sampler = Sampler(rows, 4, seed=0)
         losses = [step(device_batches(tokens, sampler, 1, 0, False, torch.device("cpu"))[0], 1e-2).item()
                   for _ in range(3)]
@@ -165,7 +171,8 @@ def test_compiled_step_on_cpu_matches_the_eager_one():
     losses = {}
     for setting in ("false", "true"):
         model = gpt()
-        step = TrainStep(model, make_optimizer(model, tcfg(), fused=False), torch.device("cpu"), tcfg(compile=setting))
+        step = TrainStep(model, make_optimizer(model, tcfg(), fused=False), runtime_of(tcfg(compile=setting)),
+                         tcfg(compile=setting))
         assert step.compiled == (setting == "true")
         sampler = Sampler(rows, 4, seed=0)
         losses[setting] = [step(device_batches(tokens, sampler, 2, 0, False, torch.device("cpu"))[0], 1e-2).item()
@@ -199,7 +206,7 @@ def train_steps(device: str, settings: dict, n: int, start: Path | None = None, 
         opt.load_state_dict(ckpt["optimizer"])
         sampler = Sampler(sampler.rows, 8, seed=0, **ckpt["train_state"]["sampler"])
         restore_rng(ckpt["train_state"]["rng"])
-    step = TrainStep(model, opt, device, cfg)
+    step = TrainStep(model, opt, runtime_of(cfg, device.type), cfg)
     for _ in range(n):
         step(device_batches(tokens, sampler, 2, 0, False, device)[0], 3e-3)
     if save is not None:

@@ -170,7 +170,7 @@ def test_a_key_without_a_reachable_server_records_offline_and_says_so_in_one_lin
 
 
 def test_online_only_without_a_reachable_server_stops_at_once_in_one_line(unreachable_server, tmp_path):
-    from lmlab.config import ConfigError
+    from lmlab.errors import ConfigError
 
     with pytest.raises(ConfigError, match=f"logger.mode: online, but the W&B server {unreachable_server} "
                                           "cannot be reached"):

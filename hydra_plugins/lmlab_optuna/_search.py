@@ -21,7 +21,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from lmlab.atomic import write_text
-from lmlab.config import ConfigError
+from lmlab.errors import ConfigError
 from lmlab.errors import one_line
 
 from ._jobs import claim, ended, fail, job_dir, owner

@@ -38,7 +38,7 @@ def make_pruner(pruner_cfg: Any, first_eval_tokens: int | None = None) -> optuna
     run's millions of tokens, all judged at the first evaluation)."""
     from hydra.utils import instantiate
 
-    from lmlab.config import ConfigError
+    from lmlab.errors import ConfigError
 
     if not isinstance(pruner_cfg, DictConfig):
         raise ConfigError("hydra.sweeper.pruner", f"is a config group: pick a pruner with "

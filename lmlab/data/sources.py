@@ -28,6 +28,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmlab.errors import DataError
+
 SPLITS = ("train", "validation", "test")
 _RAW_NAMES = {"train": "train", "validation": "valid", "test": "test"}
 _TITLE = re.compile(r"^ = [^=].* = \n?$")
@@ -37,10 +39,6 @@ _TEXT_SUFFIXES = (".txt", ".jsonl")
 # 256-token contexts, so that an EOS ends a passage rather than every verse or line, and
 # validation and test are carved as passages.
 MIN_DOC_CHARS = 2000
-
-
-class DataError(RuntimeError):
-    """The data cannot be read: the message says what to do about it."""
 
 
 @dataclass
