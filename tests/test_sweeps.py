@@ -61,7 +61,11 @@ SCALES = {"seed": ({**SEED_BASELINE, "budget": 40_960_000, "steps": 5000}, SEED_
           "cpu": ({"size": (96, 3, 3), "ratio": 2, "context": 64, "rows": 32, "common_window": None, "warmup": 0,
                    "decay": ("constant", 1.0), "tokens_per_step": 2048, "budget": 819_200, "steps": 400},
                   {"size": (128, 4, 4), "ratio": 4, "context": 128, "rows": 16, "common_window": 64, "warmup": 40,
-                   "decay": ("cosine", 0.1)}, "7.5e-4,1.5e-3,3e-3")}
+                   "decay": ("cosine", 0.1)}, "7.5e-4,1.5e-3,3e-3"),
+          "regime": ({"size": (64, 4, 4), "ratio": 2, "context": 64, "rows": 8, "common_window": None, "warmup": 0,
+                      "decay": ("constant", 1.0), "tokens_per_step": 512, "budget": 3_051_520, "steps": 5960},
+                     {"size": (128, 8, 6), "ratio": 4, "context": 128, "rows": 4, "common_window": 64, "warmup": 2384,
+                      "decay": ("cosine", 0.1)}, "4.4e-4,6.7e-4,1e-3,1.5e-3,2.25e-3")}
 RESCORED = {"bug_eval_train_mode"}  # measured on the baseline's checkpoints (python -m lmlab.rescore), not trained
 
 
