@@ -91,8 +91,14 @@ def test_the_equal_compute_arms_stop_at_the_baselines_flops(scale):
 
 
 @pytest.mark.parametrize("scale", SCALES)
-def test_rootcause_arms_change_one_factor_at_a_time_at_equal_tokens_steps_and_peak_lr(scale):
+def test_rootcause_arms_change_one_factor_at_a_time_at_equal_tokens_steps_and_peak_lr(scale, monkeypatch):
+    import torch
+
+    import lmlab.runtime
     from lmlab.schedule import planned_steps
+
+    # On a CPU with native bf16, train.precision=auto picks by width: every arm must train at one precision.
+    monkeypatch.setattr(lmlab.runtime, "cpu_has_native_bf16", lambda: True)
 
     baseline, fixes, lr_grid = SCALES[scale]
     params = compose_config(["sweep=rootcause", f"scale={scale}"], hydra=True).hydra.sweeper.params
@@ -108,11 +114,13 @@ def test_rootcause_arms_change_one_factor_at_a_time_at_equal_tokens_steps_and_pe
                 "rows": t.batch_size, "common_window": cfg.eval.common_window, "warmup": cfg.schedule.warmup_steps,
                 "decay": (cfg.schedule.decay, cfg.schedule.min_lr_ratio), "packing": cfg.data.packing,
                 "bugs": {k for k, on in cfg.bugs.items() if on}, "peak_lr": cfg.schedule.peak_lr,
+                "precision": lmlab.runtime.resolve_precision(torch.device("cpu"), t.precision, m.d_model),
                 "budget": t.max_tokens, "max_flops": t.max_flops, "tokens_per_step": t.batch_size * t.grad_accum * m.max_seq_len,
                 "steps": t.max_tokens and planned_steps(t.max_steps, t.max_tokens, t.batch_size * t.grad_accum * m.max_seq_len)}
 
     base = factors("baseline")
-    assert base == {**baseline, "packing": True, "bugs": set(), "peak_lr": 1e-3, "max_flops": None}  # no warmup, no decay
+    assert {k: v for k, v in base.items() if k != "precision"} == \
+        {**baseline, "packing": True, "bugs": set(), "peak_lr": 1e-3, "max_flops": None}  # no warmup, no decay
     for arm in arms:
         arm_factors = factors(arm)
         changed = {k for k, v in arm_factors.items() if v != base[k]}
