@@ -68,8 +68,9 @@ def test_evaluate_cli_reproduces_the_runs_test_numbers_and_measures_train_mode(b
     r = run_cli([f"checkpoint={ckpt}", "split=validation", "mode=train"], cwd=REPO, module="lmlab.evaluate")
     assert r.returncode == 0, r.stderr[-3000:]
     train_mode = json.loads(r.stdout)
-    assert set(train_mode) == {"val_loss", "val_ppl", "val_word_ppl", "val_bpb", "common_window", "val_common_loss",
-                               "val_common_ppl", "val_common_word_ppl", "val_common_bpb"}  # the run's windows
+    assert set(train_mode) == {"val_loss", "val_ppl", "val_word_ppl", "val_bpb", "val_eos_logp", "common_window",
+                               "val_common_loss", "val_common_ppl", "val_common_word_ppl", "val_common_bpb",
+                               "val_common_eos_logp"}  # the run's windows
     assert train_mode["val_loss"] > s["best_val_loss"]  # dropout on: the seed's evaluation bug costs loss
     # Its masks are drawn from seed= (the checkpoint's train.seed by default): the same command scores the same.
     from lmlab.evaluate import main as evaluate
