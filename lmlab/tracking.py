@@ -137,6 +137,20 @@ class Tracker:
             self.run = None
 
 
+def rewind_records(run_dir: Path, step: int) -> None:
+    """Drop the run dir's .jsonl records (metrics, samples) logged after `step`: a run resumed from
+    that step logs them again. A line cut short by a kill is dropped too."""
+    for path in run_dir.glob("*.jsonl"):
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", step) <= step:
+                    kept.append(line + "\n")
+            except ValueError:
+                continue
+        write_text(path, "".join(kept))
+
+
 class Pruned(Exception):
     """The run's Optuna trial was pruned: it stops early, and its results so far are a result,
     not a failure (summary.json status "pruned")."""

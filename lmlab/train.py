@@ -31,6 +31,7 @@ from lmlab.runtime import resolve_runtime
 from lmlab.schedule import lr_at, planned_steps, warmup_warning
 from lmlab.step import TrainStep, device_batches, make_optimizer
 from lmlab.stop import StopSignals
+from lmlab.tracking import rewind_records
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +57,6 @@ def train_rows(cfg, split: Split, eos_id: int) -> np.ndarray:
 
 def weights_finite(model: torch.nn.Module) -> bool:
     return bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all())
-
-
-def rewind_records(run_dir: Path, step: int) -> None:
-    """Drop the run dir's .jsonl records (metrics, samples) logged after `step`: a run resumed from
-    that step logs them again. A line cut short by a kill is dropped too."""
-    for path in run_dir.glob("*.jsonl"):
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", step) <= step:
-                    kept.append(line + "\n")
-            except ValueError:
-                continue
-        write_text(path, "".join(kept))
 
 
 def train(cfg, model: GPT, tokenizer, splits: dict[str, Split], tracker, run_dir: Path, config: dict,
