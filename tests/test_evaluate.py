@@ -168,7 +168,7 @@ def test_scores_split_the_nll_by_document_and_by_window_position():
     # Each document is named by its tokens (its EOS included), wherever it stands in the split.
     assert len(set(scores["doc_hash"])) == 4
     moved = evaluate(model, Split("test", np.concatenate([np.append(d, 0) for d in docs[::-1]]), 4, 20, 90),
-                     rows, eos_id=0, batch_size=2, device="cpu").scores()
+                     rows, eos_id=0, batch_size=2, runtime="cpu").scores()
     assert moved["doc_hash"] == scores["doc_hash"][::-1]
     # log P(EOS) where a document ends: the mean over the 4 scored EOS targets.
     assert len(eos_nll) == 4 and result.metrics("test")["test_eos_logp"] == pytest.approx(-np.mean(eos_nll), rel=1e-5)
