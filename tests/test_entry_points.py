@@ -53,6 +53,15 @@ def test_help_answers_without_loading_torch(module):
     assert "torch" not in imported
 
 
+def test_the_report_help_answers_without_loading_matplotlib_or_scipy():
+    """The plots and statistics take most of a --help's seconds: the report imports them once DIR is known."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "lmlab.report", "--help"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m lmlab.report") and "--stage2" in r.stdout
+    imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & {"matplotlib", "scipy", "torch"}, sorted(imported & {"matplotlib", "scipy", "torch"})
+
+
 @pytest.mark.parametrize("module", ["lmlab.generate", "lmlab", "lmlab.bench"])
 def test_a_help_page_read_only_in_part_is_no_error(module, tmp_path):
     """`lmlab-generate --help | head -1`: the reader closes the pipe before the page is written
