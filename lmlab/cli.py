@@ -2,8 +2,6 @@
 page their `--help` (or `-h`) prints."""
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import fields
 from typing import TypeVar
 
@@ -32,13 +30,12 @@ def usage(schema: type, doc: str) -> str:
 
 
 def print_page(text: str) -> None:
-    """Print a --help page and exit 0. A reader that stops early (`| head -2`) is no error: stdout
-    goes to devnull, so the interpreter's last flush finds no broken pipe (Python's docs, "Note on
-    SIGPIPE")."""
+    """Print a --help page and exit 0, also when its reader stops early (`| head -2`)."""
     try:
         print(text, flush=True)
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        from lmlab.errors import end_at_closed_pipe  # imports Hydra, which a help page needs not
+        end_at_closed_pipe()
     raise SystemExit(0)
 
 

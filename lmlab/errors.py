@@ -118,6 +118,14 @@ def exit_bad_input(e: BaseException, prog: str) -> None:
     sys.exit(EXIT_BAD_INPUT)
 
 
+def end_at_closed_pipe() -> None:
+    """Exit 0 after the reader closed stdout (`--help | head -2`): that reader has what it wanted.
+    stdout goes to devnull first, so the interpreter's last flush finds no broken pipe (Python's
+    docs, "Note on SIGPIPE")."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
+
+
 def report_errors(entry: Callable[[], object], prog: str = "lmlab") -> None:
     """Run a Hydra entry point, reporting through `exit_for` what goes wrong before or after the
     task function (which calls `exit_for` itself: Hydra would add a line to what it re-raises)."""
@@ -127,6 +135,8 @@ def report_errors(entry: Callable[[], object], prog: str = "lmlab") -> None:
     except KeyboardInterrupt:  # during training a Ctrl-C is a stop signal; before, nothing is lost
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:  # an OSError, but no file of the user's: the reader of stdout left
+        end_at_closed_pipe()
     except Exception as e:
         exit_for(e, prog)
         raise

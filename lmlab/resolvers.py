@@ -32,6 +32,7 @@ def register_configs(bench: bool = False) -> None:
     OmegaConf.register_new_resolver("lmlab.package_dir", package_dir, replace=True)
     OmegaConf.register_new_resolver("lmlab.options", options_page, replace=True)
     OmegaConf.register_new_resolver("lmlab.bench_keys", bench_keys, replace=True)
+    OmegaConf.register_new_resolver("lmlab.tasks_for", lambda gpus: max(1, int(gpus)), replace=True)
     OmegaConf.register_new_resolver("lmlab.dirname", lambda: job_dirname(job_name()), replace=True)
     # Cached, so Hydra carries the value into every job of a sweep (as it does `now`).
     OmegaConf.register_new_resolver("lmlab.launch", launch_stamp, replace=True, use_cache=True)

@@ -223,6 +223,14 @@ def test_doc_command(path, words, kind, reason, workdir, cache_dir):
     assert r.returncode == 0, f"{' '.join(command)}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
 
 
+def test_the_commands_a_user_runs_need_no_shared_folder():
+    """A user has no ../shared: only the pages on the WikiText study and its data name it."""
+    study_pages = {"data.md", "fair-comparisons.md", "report.md", "study.md"}
+    found = [f"{path.name}:{line}" for path in DOCS if path.name not in study_pages
+             for line, words in shell_commands(path) if any("../shared" in word for word in words)]
+    assert not found
+
+
 def test_readme_is_short():
     assert len((REPO / "README.md").read_text(encoding="utf-8").splitlines()) < 160
 

@@ -40,6 +40,15 @@ def test_the_slurm_launcher_composes_with_one_task_per_gpu():
     assert launcher["signal_delay_s"] > 0 and launcher["max_num_timeout"] > 0
 
 
+def test_the_slurm_launcher_asks_for_no_gpu_unless_told():
+    """A CPU-only cluster refuses a GPU request (sbatch: invalid generic resource), which submitit
+    reports as a traceback: the default asks for one task and no GPU."""
+    r = run_cli(["hydra/launcher=slurm", "--cfg", "hydra", "--resolve"], cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    launcher = yaml.safe_load(r.stdout)["hydra"]["launcher"]
+    assert (launcher["gpus_per_node"], launcher["tasks_per_node"]) == (0, 1)
+
+
 def test_parallel_jobs_share_the_cores(tmp_path):
     r = run_cli(["-m", "hydra/launcher=parallel", *JOB, "train.seed=0,1", f"hydra.sweep.dir={tmp_path}"], cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -160,3 +160,18 @@ def test_a_best_at_the_larger_of_two_lrs_extends_the_grid_unless_the_next_one_di
     assert arm.lr == "2e-3" and not arm.at_edge  # 4e-3 was tried: it diverged
     assert "| all jobs | 1e-3: 3.0000 (1), **2e-3: 2.9500** (1), 4e-3: diverged | 2e-3 |  |" \
         in write_report(tmp_path / "three").read_text()
+
+
+def test_stage2_warns_when_every_arms_lr_is_at_its_grids_edge(tmp_path, capsys):
+    """Stage 2's seeds would all go to LRs that may not be the best: the grid needs extending first."""
+    _stage1(tmp_path)
+    assert main([str(tmp_path), "--stage2", "--seeds", "1"]) == 0
+    assert "edge" not in capsys.readouterr().err  # the baseline's 0.002 is inside its grid
+    # The warmup arm is best at its largest LR; the baseline now at its smallest.
+    _job(tmp_path, 6, ["+variant=baseline", "schedule.peak_lr=0.0005", "train.seed=0", *COMMON],
+         _done(60.0, math.exp(4.0), best_val_loss=4.1), [6.0, 4.1])
+    assert main([str(tmp_path), "--stage2", "--seeds", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "every arm's chosen LR is at its grid's edge" in err, err
+    script = (tmp_path / "stage2.sh").read_text()
+    assert "# warning: every arm's chosen LR is at its grid's edge" in script

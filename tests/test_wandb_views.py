@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from lmlab.report.wandb_views import MEAN_AND_SPREAD, sweep_view, to_report
-from lmlab.report.write import main
+from lmlab.report.cli import main
 
 
 def make_sweep(root, jobs: list[dict], sweeper: str = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",

@@ -10,8 +10,17 @@ plus PNGs beside it. Reads numbers and files only (no torch), so it runs anywher
 jobs.py reads the job dirs, select.py picks each arm's LR, stats.py, analysis.py and scaling.py
 compute, references.py names the n-gram references, sections.py, verdicts.py and compute.py write
 the sections, plots.py draws, stage2.py writes the stage-2 commands (verdicts.py plans their seeds),
-write.py puts the report together.
+write.py puts the report together, cli.py reads the command line.
 """
-from lmlab.report.write import main, write_report
+from lmlab.report.cli import main
 
 __all__ = ["main", "write_report"]
+
+
+def __getattr__(name: str):
+    """`write_report`, imported when first asked for: it imports scipy and matplotlib, which the
+    command line's `--help` need not wait for (PEP 562)."""
+    if name == "write_report":
+        from lmlab.report.write import write_report
+        return write_report
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

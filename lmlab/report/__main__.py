@@ -1,5 +1,5 @@
 import sys
 
-from lmlab.report.write import main
+from lmlab.report.cli import main
 
 sys.exit(main())

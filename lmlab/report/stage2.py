@@ -11,12 +11,16 @@ already run at the chosen LR are left out), so it never lands in a stage-1 job's
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
 
 import yaml
 
 from lmlab.report.jobs import LR_KEY, SEED_KEY, arms, by_corpus, find_jobs, swept_keys
 from lmlab.report.select import choose
+
+EDGE_WARNING = ("# warning: every arm's chosen LR is at its grid's edge: each arm's best LR may lie outside its "
+                "grid; extend the grid before running more seeds")
 
 
 def _hydra_overrides(root: Path) -> list[str]:
@@ -42,12 +46,14 @@ def stage2_commands(root: Path, seeds: list[str] | dict[str, list[str]]) -> list
         raise ValueError(f"{root} sweeps no {LR_KEY} grid: stage 2 runs seeds at each arm's LR chosen from one")
     hydra = _hydra_overrides(root)
     lines = []
+    at_edge = []
     for corpus_jobs in by_corpus(jobs).values():
         for name, members in arms(jobs=corpus_jobs, keys=keys).items():
             arm = choose(name, members, lr_swept=True)
             if arm.lr is None:
                 lines.append(f"# {name}: no job done, no LR chosen")
                 continue
+            at_edge.append(arm.at_edge)
             wanted = seeds.get(name, []) if isinstance(seeds, dict) else seeds
             new = [seed for seed in wanted if seed not in {job.seed for job in arm.chosen}]
             if not new:
@@ -56,15 +62,18 @@ def stage2_commands(root: Path, seeds: list[str] | dict[str, list[str]]) -> list
             words = ["python", "-m", "lmlab", "-m", *_job_overrides(arm.chosen[0].path), f"{LR_KEY}={arm.lr}",
                      f"{SEED_KEY}={','.join(new)}", *hydra, f"hydra.sweep.dir={root}"]
             lines.append(" ".join(shlex.quote(word) for word in words))
-    return lines
+    return [EDGE_WARNING, *lines] if at_edge and all(at_edge) else lines
 
 
 def write_stage2(root: Path, seeds: list[str] | dict[str, list[str]], how: str, notes: list[str] = ()) -> Path:
     """Print-ready lines in ROOT/stage2.sh (executable), `how` they were asked for and `notes` in
-    its header; returns its path."""
+    its header, and on stderr the warning that every arm's LR is at its grid's edge; returns its path."""
     path = Path(root) / "stage2.sh"
+    commands = stage2_commands(root, seeds)
+    if EDGE_WARNING in commands:
+        print(f"lmlab.report: {EDGE_WARNING[2:]}", file=sys.stderr)
     path.write_text(f"#!/bin/sh\n# Stage 2: more seeds of each arm at the LR its stage-1 grid chose ({how}).\n"
                     + "".join(f"# {note}\n" for note in notes)
-                    + "set -e\n" + "\n".join(stage2_commands(root, seeds)) + "\n")
+                    + "set -e\n" + "\n".join(commands) + "\n")
     path.chmod(0o755)
     return path
