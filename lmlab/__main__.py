@@ -7,7 +7,6 @@ the jobs whose summary.json says done or pruned.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,16 +20,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lmlab import LAUNCHED
-from lmlab.atomic import write_text
 from lmlab.config import ModelConfig, gpt_config, to_container
 from lmlab.resolvers import job_name
-from lmlab.tracking import FINISHED
+from lmlab.tracking import RunEnd, finished_summary
 from lmlab.validation import validate
 
 log = logging.getLogger("lmlab")
 
 
-def run(cfg: DictConfig, run_dir: Path) -> float:
+def run(cfg: DictConfig, run_dir: Path, end: RunEnd) -> float:
     import torch
 
     from lmlab import distributed
@@ -68,7 +66,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     group = f"{Path(hydra_cfg.sweep.dir).parent.name}/{Path(hydra_cfg.sweep.dir).name}" if multirun else run_dir.name
     choices = hydra_cfg.runtime.choices
     tags = [f"{g}={choices[g]}" for g in ("sweep", "variant", "model", "schedule", "data") if choices.get(g)]
-    tracker = NoRecords() if not ranks.main else Tracker(
+    end.known = derived
+    tracker = end.records = NoRecords() if not ranks.main else Tracker(
         run_dir, cfg.logger, {**config, "derived": derived}, group=group, name=job_name(hydra_cfg) or run_dir.name,
         tags=tags, resume_id=resume["train_state"]["wandb_run_id"] if resume else None)
     first_eval_tokens = derived["tokens_per_step"] * cfg.train.eval_every  # a pruner's default min_resource
@@ -80,16 +79,13 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
                             on_eval=on_eval, ranks=ranks)
         summary.update(processes=ranks.world, threads=threads, floors=floors, bugs=bugs,
                        **last_samples_quality(run_dir))
-        tracker.write_summary(summary)  # before close: it also fills the W&B run's summary
+        end.write(summary)  # before close: it also fills the W&B run's summary
     except Pruned as e:  # the Optuna study's pruner stopped this trial: a result, not a failure
-        tracker.write_summary({"status": "pruned", "reason": str(e), **e.progress, **derived, "floors": floors,
-                               "bugs": bugs})
+        end.write({"status": "pruned", "reason": str(e), **e.progress, **derived, "floors": floors, "bugs": bugs})
         log.info("%s: %s", e, run_dir)
         return math.inf
     except Exception as e:
-        if finished_summary(run_dir) is None:  # a finished run's results outlive a failed relaunch
-            status = "preempted" if isinstance(e, Preempted) else "failed"
-            tracker.write_summary({"status": status, "reason": f"{type(e).__name__}: {e}", **derived})
+        end.failed(e)
         if isinstance(e, Preempted):
             raise Preempted(f"{e}. Resume with: {resume_command(run_dir, multirun)}") from None
         raise
@@ -123,13 +119,6 @@ def parallel_jobs(hydra_cfg) -> int:
     return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)
 
 
-def finished_summary(run_dir: Path) -> dict | None:
-    """The summary.json of a run that finished (done, or pruned by its Optuna study), else None."""
-    path = run_dir / "summary.json"
-    summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    return summary if summary.get("status") in FINISHED else None
-
-
 def objective(summary: dict) -> float:
     """What a sweeper minimises: the best validation loss of a done run, else inf."""
     loss = summary.get("best_val_loss")
@@ -139,13 +128,14 @@ def objective(summary: dict) -> float:
 @hydra.main(version_base="1.3", config_path="pkg://lmlab.conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     from hydra_plugins.lmlab_optuna.trial import redact_files
+    from lmlab.distributed import this_process
     from lmlab.errors import exit_for
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if HydraConfig.get().output_subdir is not None:
         redact_files(run_dir / HydraConfig.get().output_subdir)  # a storage URL's password, as typed
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    summary_path = run_dir / "summary.json"
+    end = RunEnd(run_dir, main=this_process().main)
     try:
         validate(cfg)
         # A relaunched sweep reuses its job dirs (named from the overrides): done jobs are not rerun.
@@ -153,20 +143,18 @@ def hydra_main(cfg: DictConfig) -> float:
         if done is not None:
             log.info("skipped: %s is %s already (summary.json)", run_dir, done["status"])
             return objective(done)
-        return run(cfg, run_dir)
+        return run(cfg, run_dir, end)
     except Exception as e:
-        from lmlab.distributed import this_process
         from lmlab.run_record import undo_failed_start
 
-        reason = f"{type(e).__name__}: {e}"
-        gone = not multirun and this_process().main and undo_failed_start(run_dir)
-        if not gone and not summary_path.exists() and this_process().main:
-            write_text(summary_path, json.dumps({"status": "failed", "reason": reason}))
+        end.failed(e)  # a no-op where run() has written it
+        if not multirun and end.main:
+            undo_failed_start(run_dir)
         if multirun:
             from lmlab.errors import Preempted
 
             if not isinstance(e, Preempted):  # record the failure; the sweep goes on
-                log.error("job failed (objective inf): %s", reason)
+                log.error("job failed (objective inf): %s: %s", type(e).__name__, e)
                 return math.inf
         exit_for(e)
         raise

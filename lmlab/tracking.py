@@ -151,6 +151,46 @@ def rewind_records(run_dir: Path, step: int) -> None:
         write_text(path, "".join(kept))
 
 
+def finished_summary(run_dir: Path) -> dict | None:
+    """The summary.json of a run that finished (done, or pruned by its Optuna study), else None."""
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return summary if summary.get("status") in FINISHED else None
+
+
+class RunEnd:
+    """The one place a run's summary.json is written, however the run ends: done, pruned, failed
+    or preempted; into the W&B run's summary too once `records` (a Tracker) exists. Written once,
+    by the main process. A finished run's summary outlives a failed relaunch, and a start that
+    failed before its records existed leaves an earlier summary as it was."""
+
+    def __init__(self, run_dir: Path, main: bool):
+        self.run_dir, self.main = run_dir, main
+        self.records = None  # the run's Tracker, once made
+        self.known: dict = {}  # what a failed run's summary can still say (its size, its threads)
+        self.ended = False
+
+    def write(self, summary: dict) -> None:
+        if self.ended or not self.main:
+            return
+        self.ended = True
+        if summary["status"] not in FINISHED:
+            if finished_summary(self.run_dir) is not None or \
+                    (self.records is None and (self.run_dir / "summary.json").exists()):
+                return
+            summary = {**summary, **self.known}
+        if self.records is None:
+            write_text(self.run_dir / "summary.json", json.dumps(_finite(summary), indent=1))
+        else:
+            self.records.write_summary(summary)
+
+    def failed(self, error: BaseException) -> None:
+        from lmlab.errors import Preempted
+
+        self.write({"status": "preempted" if isinstance(error, Preempted) else "failed",
+                    "reason": f"{type(error).__name__}: {error}"})
+
+
 class Pruned(Exception):
     """The run's Optuna trial was pruned: it stops early, and its results so far are a result,
     not a failure (summary.json status "pruned")."""
