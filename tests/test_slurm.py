@@ -83,12 +83,21 @@ def sweep(tmp_path_factory, cache_dir):
     refs = [subprocess.Popen([sys.executable, "-m", "lmlab", *JOB, f"train.seed={seed}", f"hydra.run.dir={ref}"],
                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             for seed, ref in references.items()]
-    for n, (command, _) in PREEMPT.items():
-        job_dir = lambda: next(sweep_dir.glob(f"train.seed={n},*"), None)  # noqa: E731
-        wait_for(lambda: job_dir() is not None and newest_step(job_dir() / "checkpoints") >= 10,
-                 f"job {n}'s step-10 checkpoint", proc)
-        array_id = next(p.name for p in (sweep_dir / ".submitit").iterdir() if p.name.isdigit())
-        subprocess.run([*command, f"{array_id}_{n}"], check=True)
+    # Each job is cut as soon as its own step-10 checkpoint is there: cutting one job, then waiting
+    # for the other, once let the other train all 80 steps before its signal came.
+    uncut = dict(PREEMPT)
+
+    def cut_each_at_step_10() -> bool:
+        for n, (command, _) in list(uncut.items()):
+            job_dir = next(sweep_dir.glob(f"train.seed={n},*"), None)
+            if job_dir is not None and newest_step(job_dir / "checkpoints") >= 10:
+                array_id = next(p.name for p in (sweep_dir / ".submitit").iterdir() if p.name.isdigit())
+                subprocess.run([*command, f"{array_id}_{n}"], check=True)
+                del uncut[n]
+        return not uncut
+
+    wait_for(cut_each_at_step_10, "every job's step-10 checkpoint", proc)
+    array_id = next(p.name for p in (sweep_dir / ".submitit").iterdir() if p.name.isdigit())
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]
     for ref in refs:
