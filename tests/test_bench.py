@@ -1,6 +1,7 @@
 """`python -m lmlab.bench`: it times the trainer's own step, and prints and records its table."""
 import json
 from importlib.util import find_spec
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -82,15 +83,20 @@ def test_bench_cli_prints_the_table_with_hf_data_path_and_checkpoint(tmp_path):
     assert "cache_build_ratio=" in r.stdout and "| dense |" in r.stdout
 
 
+def bench_rows(tmp_path: Path, compare: str, *overrides: str, cwd: Path = REPO) -> tuple:
+    """`python -m lmlab.bench bench.compare=COMPARE` on the tiny model, one pair: its result and rows."""
+    out = tmp_path / "bench.jsonl"
+    r = run_cli([*TINY, *SHORT, f"bench.compare={compare}", "bench.pairs=1", *overrides, f"bench.out={out}",
+                 f"hydra.run.dir={tmp_path / 'run'}"], cwd=cwd, module="lmlab.bench")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r, [json.loads(line) for line in out.read_text().splitlines()]
+
+
 @needs_transformers
 def test_bench_compares_with_its_own_hf_baseline_on_its_threads_at_both_precisions(tmp_path):
     """From a folder with no ../shared, on train.threads threads (the tests' OMP_NUM_THREADS is 1):
     HF GPT-2 at its own precision (fp32 on the CPU) and at lmlab's (bf16 here) beside it."""
-    out = tmp_path / "bench.jsonl"
-    r = run_cli([*TINY, *SHORT, "bench.compare=hf", "bench.pairs=1", "train.threads=2", "train.precision=bf16",
-                 f"bench.out={out}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, module="lmlab.bench")
-    assert r.returncode == 0, r.stderr[-3000:]
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    r, rows = bench_rows(tmp_path, "hf", "train.threads=2", "train.precision=bf16", cwd=tmp_path)
     assert [(row["precision"], row["ratio_to"]) for row in rows] == [("bf16", "HF fp32"), ("bf16", "HF bf16")]
     assert all(row["threads"] == 2 for row in rows)
     for row in rows:
@@ -100,21 +106,13 @@ def test_bench_compares_with_its_own_hf_baseline_on_its_threads_at_both_precisio
 
 
 def test_bench_compares_the_precisions_each_in_its_own_process(tmp_path):
-    out = tmp_path / "bench.jsonl"
-    r = run_cli([*TINY, *SHORT, "bench.compare=precision", "bench.pairs=1", f"bench.out={out}",
-                 f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, module="lmlab.bench")
-    assert r.returncode == 0, r.stderr[-3000:]
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    r, rows = bench_rows(tmp_path, "precision")
     assert [(row["precision"], row["ratio_to"]) for row in rows] == [("fp32", "fp32"), ("bf16", "fp32")]
     assert rows[1]["ratio"] == pytest.approx(rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"])
 
 
 def test_bench_compares_the_losses_each_in_its_own_process(tmp_path):
-    out = tmp_path / "bench.jsonl"
-    r = run_cli([*TINY, *SHORT, "bench.compare=loss", "bench.pairs=1", f"bench.out={out}",
-                 f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, module="lmlab.bench")
-    assert r.returncode == 0, r.stderr[-3000:]
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    r, rows = bench_rows(tmp_path, "loss")
     assert [row["loss"] for row in rows] == ["dense", "chunked"]
     assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] == pytest.approx(rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"])
     assert all(row["peak_mem_gib"] > 0 and row["eval_tokens_per_s"] > 0 for row in rows)
