@@ -9,6 +9,7 @@ import logging
 import math
 import netrc
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -169,11 +170,15 @@ class RunEnd:
         self.records = None  # the run's Tracker, once made
         self.known: dict = {}  # what a failed run's summary can still say (its size, its threads)
         self.ended = False
+        # When this start began: a sweep's launches are told apart by it (lmlab.report.jobs), also
+        # in job records copied without their files' times.
+        self.started_at = round(time.time(), 3)
 
     def write(self, summary: dict) -> None:
         if self.ended or not self.main:
             return
         self.ended = True
+        summary = {**summary, "started_at": self.started_at}
         if summary["status"] not in FINISHED:
             if finished_summary(self.run_dir) is not None or \
                     (self.records is None and (self.run_dir / "summary.json").exists()):

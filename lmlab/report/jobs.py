@@ -30,8 +30,11 @@ class Job:
 
     @property
     def started(self) -> float:
-        """When Hydra started the job (its record's time); 0 for a run without one."""
+        """When the job started: its summary's `started_at`, else the time of Hydra's record (a job
+        killed before its summary); 0 for a run without either."""
         record = self.path / ".hydra" / "hydra.yaml"
+        if self.summary.get("started_at") is not None:
+            return self.summary["started_at"]
         return record.stat().st_mtime if record.exists() else 0.0
 
     @property
