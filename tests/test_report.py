@@ -2,6 +2,7 @@
 (The report over a real sweep run is in test_sweeps.py.)"""
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -82,6 +83,30 @@ FLOORS = {"floor": "kneser_ney_bigram",
           "unigram": {"test_loss": 6.0, "test_word_ppl": 9000.0, "test_bpb": 3.3, "val_loss": 6.1},
           "interpolated_bigram": {"test_loss": 4.45, "test_word_ppl": 800.0, "test_bpb": 2.45, "val_loss": 4.5},
           "kneser_ney_bigram": {"test_loss": 4.4, "test_word_ppl": 700.0, "test_bpb": 2.42, "val_loss": 4.45}}
+
+
+def test_job_records_rebuild_the_report_whatever_times_their_files_get(tmp_path, capsys):
+    """--records copies what the report reads (no checkpoints, no logs); the copy's report is the
+    sweep's own although a clone gives its files other times: launches are ordered by started_at."""
+    sweep, records = tmp_path / "sweep", tmp_path / "records"
+    for launch, seed in enumerate((0, 1)):  # two launches into one dir, each numbering its jobs from 0
+        for num, arm in enumerate(("baseline", "warmup")):
+            job_dir = _job(sweep, num, [f"+variant={arm}", f"train.seed={seed}"],
+                           _done(100.0 + seed, 104.0 + seed + num, started_at=1000.0 * (launch + 1) + num), [6.0, 5.0])
+            os.utime(job_dir / ".hydra" / "hydra.yaml", (1000.0 * (launch + 1) + num,) * 2)
+            (job_dir / "checkpoints").mkdir()
+            (job_dir / "checkpoints" / "last.pt").write_bytes(b"weights")
+            (job_dir / "__main__.log").write_text("log")
+    assert main([str(sweep), "--records", str(records)]) == 0
+    assert "4 job records in" in capsys.readouterr().out
+    assert not list(records.rglob("last.pt")) and not list(records.rglob("*.log"))
+    for index, path in enumerate(sorted(records.rglob("hydra.yaml"), reverse=True)):  # times a clone might give
+        os.utime(path, (5000.0 + index,) * 2)
+    expected = write_report(sweep, tmp_path / "a").read_text()
+    assert write_report(records, tmp_path / "b").read_text() == expected.replace(str(sweep), str(records), 1)
+    rows = [line.split(" | ")[:2] for line in expected.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert rows == [["| 0", "variant=baseline, train.seed=0"], ["| 1", "variant=warmup, train.seed=0"],
+                    ["| 2", "variant=baseline, train.seed=1"], ["| 3", "variant=warmup, train.seed=1"]]
 
 
 def _arm_job(root: Path, num: int, arm: str, seed: int, test_loss: float, samples: bool = False) -> None:

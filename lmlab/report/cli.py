@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
                              "need to be decided at the margin with the declared power")
     parser.add_argument("--max-seeds", type=int, default=10,
                         help="with --plan: the most seeds an arm gets (default 10)")
+    parser.add_argument("--records", type=Path, default=None, metavar="OUT",
+                        help="instead of a report: copy each job's record files (no checkpoints or logs, a few kB a "
+                             "job) to OUT, from which `python -m lmlab.report OUT` rebuilds the same report anywhere")
     parser.add_argument("--wandb", action="store_true",
                         help="also save a W&B report comparing the arms (online; pip install -e '.[wandb-views]')")
     args = parser.parse_args(argv)
@@ -34,6 +37,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--stage2 needs --seeds, e.g. --seeds 1,2")
     if args.stage2 and args.plan:
         parser.error("--stage2 and --plan both write stage 2: give one")
+    if args.records:
+        from lmlab.report.records import keep_records
+
+        try:
+            print(f"{keep_records(args.dir, args.records)} job records in {args.records}")
+        except FileNotFoundError as e:
+            print(f"lmlab.report: error: {e}", file=sys.stderr)
+            return 2
+        return 0
     from lmlab.report.stage2 import write_stage2
     from lmlab.report.wandb_views import save_view
     from lmlab.report.write import write_plan, write_report

@@ -1,0 +1,34 @@
+"""A sweep's compact job records: the files the report reads of each job (its overrides, config and
+Hydra's job record, summary, curves, test scores and samples) and the sweep's multirun.yaml (what
+was swept, and how), without checkpoints or logs: a few
+kilobytes a job. Committed beside a study's findings, they rebuild its report on any clone:
+`python -m lmlab.report <records dir> --out <dir>`."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from lmlab.report.jobs import find_jobs
+
+RECORD_FILES = (".hydra/overrides.yaml", ".hydra/config.yaml", ".hydra/hydra.yaml", "summary.json",
+                "metrics.jsonl", "test_scores.json", "samples.jsonl")
+
+
+def keep_records(root: Path, out: Path) -> int:
+    """Copies each job's record files under root to the same relative dir under out (a relaunch's
+    newer files replace older ones); returns the number of jobs copied."""
+    root, out = Path(root), Path(out)
+    jobs = find_jobs(root)
+    if not jobs:
+        raise FileNotFoundError(f"no job dirs (summary.json or .hydra/overrides.yaml) under {root}")
+    if (root / "multirun.yaml").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / "multirun.yaml", out / "multirun.yaml")
+    for job in jobs:
+        for name in RECORD_FILES:
+            source = job.path / name
+            if source.is_file():
+                target = out / job.path.relative_to(root) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+    return len(jobs)
