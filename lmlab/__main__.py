@@ -178,8 +178,10 @@ def resume_command(run_dir: Path, multirun: bool) -> str:
 def main() -> None:
     """The `lmlab` command: errors a user can fix are one line on stderr (see lmlab.errors)."""
     from lmlab.errors import report_errors
+    from lmlab.options import answer_help
     from lmlab.run_record import remember, with_recorded_overrides
 
+    answer_help("config", "lmlab")
     sys.argv[1:] = with_recorded_overrides(sys.argv[1:])
     remember(sys.argv[1:])
     report_errors(hydra_main)

@@ -81,7 +81,7 @@ class Bench:
         """The trainer's `evaluate` over the bench's rows, at eval.batch_size: median of
         bench.windows passes, each ended by reading its result (one device sync)."""
         from lmlab.data import Split, scored_targets
-        from lmlab.evaluate import evaluate
+        from lmlab.scoring import evaluate
 
         rows, split = self.sampler.rows, Split("bench", self.tokens, 1, 0, 0)
 
@@ -401,7 +401,10 @@ def main(cfg: DictConfig) -> float:
 def cli() -> None:
     from lmlab.errors import report_errors
 
+    from lmlab.options import answer_help
+
     register_configs(bench=True)
+    answer_help("bench", "lmlab.bench")
     report_errors(main, prog="lmlab.bench")
 
 

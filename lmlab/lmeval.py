@@ -119,7 +119,7 @@ def lmlab_scores(model, tokens: np.ndarray, eos_id: int, batch_size: int, docs: 
     """A and B of the module's table, with lmlab's model, over `tokens` (the documents of `docs`),
     and what A - B is made of. A's windows are the run's own (eval.stride)."""
     from lmlab.data import Split
-    from lmlab.evaluate import eval_rows, evaluate
+    from lmlab.scoring import eval_rows, evaluate
 
     words, n_bytes = sum(d["n_words"] for d in docs), sum(d["n_bytes"] for d in docs)
     seq_len = model.cfg.max_seq_len
@@ -267,10 +267,8 @@ def compare(cfg: LmEvalConfig) -> Comparison:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lmlab.checkpoint import CheckpointError
     from lmlab.cli import parse_key_values
-    from lmlab.data import DataError
-    from lmlab.errors import exit_bad_input
+    from lmlab.errors import CheckpointError, DataError, exit_bad_input
 
     try:
         cfg = parse_key_values(LmEvalConfig, sys.argv[1:] if argv is None else argv, verbatim=("checkpoint", "out"),

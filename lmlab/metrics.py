@@ -1,6 +1,6 @@
 """What a split's summed NLL means: loss per token, perplexity, word-level perplexity, bits per byte.
 
-Pure arithmetic (no torch), shared by the model's evaluation (lmlab/evaluate.py) and the
+Pure arithmetic (no torch), shared by the model's evaluation (lmlab/scoring.py) and the
 reference floors (lmlab/data/floors.py), so both report the same numbers the same way.
 """
 from __future__ import annotations

@@ -22,7 +22,7 @@ from lmlab.errors import ConfigError
 from lmlab.data import Sampler, Split, document_rows, packed_rows
 from lmlab.distributed import Ranks, all_reduce_sum, any_rank, barrier
 from lmlab.errors import Preempted, TrainingDiverged
-from lmlab.evaluate import eval_rows, evaluate, score_split
+from lmlab.scoring import eval_rows, evaluate, score_split
 from lmlab.flops import Throughput, mfu, model_flops_per_token, token_budget
 from lmlab.metrics import EvalResult
 from lmlab.model import GPT

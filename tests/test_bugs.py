@@ -9,7 +9,7 @@ from lmlab.config import BugsConfig
 from lmlab.data import IGNORE, Sampler, Split, collate, document_rows, packed_rows, with_seed_bugs
 from lmlab.distributed import Ranks
 from lmlab.errors import ConfigError
-from lmlab.evaluate import evaluate
+from lmlab.scoring import evaluate
 from lmlab.model import GPT, GPTConfig
 from lmlab.step import batch_loss, device_batches
 from lmlab.validation import validate

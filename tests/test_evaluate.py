@@ -15,7 +15,7 @@ from lmlab.data import Sampler, Split, collate, packed_rows, strided_rows
 from lmlab.data.sources import read_split, text_to_score, word_count
 from lmlab.data.tokenizer import train_bpe
 from lmlab.distributed import Ranks
-from lmlab.evaluate import evaluate
+from lmlab.scoring import evaluate
 from lmlab.model import GPT, GPTConfig
 from lmlab.step import batch_loss, make_optimizer
 from tests.conftest import REPO, WT2_RAW, compose_config, needs_wt2_raw, run_cli

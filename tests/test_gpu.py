@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from lmlab.checkpoint import load_checkpoint
 from lmlab.data import Sampler, Split, collate, packed_rows
-from lmlab.evaluate import evaluate
+from lmlab.scoring import evaluate
 from lmlab.model import GPT, GPTConfig
 from lmlab.runtime import resolve_runtime
 from lmlab.step import TrainStep, device_batches, make_optimizer, to_device

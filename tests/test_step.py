@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from lmlab.checkpoint import checkpoint_payload, load_checkpoint, write_checkpoint
 from lmlab.data import Sampler, Split, collate, document_rows, packed_rows, scored_targets
-from lmlab.evaluate import evaluate
+from lmlab.scoring import evaluate
 from lmlab.model import GPT, GPTConfig
 from lmlab.rng import capture_rng, restore_rng
 from lmlab.runtime import Runtime, resolve_runtime

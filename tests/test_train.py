@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from lmlab import load_model
 from lmlab.config import gpt_config
 from lmlab.data import Split, collate, load_splits, packed_rows
-from lmlab.evaluate import evaluate
+from lmlab.scoring import evaluate
 from lmlab.model import GPT, GPTConfig
 from lmlab.step import batch_loss, make_optimizer
 from lmlab.schedule import lr_at

@@ -14,8 +14,8 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from lmlab import load_model
-from lmlab.data import Split, load_splits, packed_rows
-from lmlab.evaluate import evaluate
+from lmlab.data import load_splits, packed_rows
+from lmlab.scoring import evaluate
 
 model, tok, ckpt = load_model(sys.argv[1])
 run = OmegaConf.create(ckpt["config"])

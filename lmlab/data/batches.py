@@ -8,7 +8,6 @@ token after the first is predicted exactly once: nothing is truncated or dropped
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 IGNORE = -100  # cross_entropy's ignore_index
 
@@ -64,6 +63,8 @@ def collate(tokens: np.ndarray, rows: np.ndarray, eos_id: int, segments: bool = 
         n = len(seq) - 1
         x[i, :n], y[i, :n], pad[i, :n] = seq[:-1], seq[1:], True
         y[i, :max(0, score_from - start - 1)] = IGNORE
+    import torch  # here alone: the rest of lmlab.data (token caches, floors) runs without it
+
     batch = {"x": torch.from_numpy(x), "y": torch.from_numpy(y), "pad_mask": torch.from_numpy(pad)}
     if segments:
         batch["segments"] = torch.cumsum(torch.from_numpy(x == eos_id).long(), dim=1)

@@ -17,9 +17,6 @@ import tracemalloc
 
 import numpy as np
 
-from lmlab.data.floors import compute_floors
-from lmlab.data.tokens import Split
-
 CHUNK = 1 << 22  # tokens drawn at a time, so that drawing them does not raise the peak RSS measured after
 
 
@@ -38,6 +35,9 @@ def _rss_bytes() -> int:
 
 
 def measure(n_tokens: int, vocab_size: int, eval_tokens: int, seed: int = 0) -> dict:
+    from lmlab.data.floors import compute_floors  # lmlab.data imports torch, which --help needs not
+    from lmlab.data.tokens import Split
+
     rng = np.random.default_rng(seed)
     splits = {name: Split(name, zipf_stream(n, vocab_size, rng), n_docs=1, n_words=n, n_bytes=4 * n)
               for name, n in (("train", n_tokens), ("validation", eval_tokens), ("test", eval_tokens))}
