@@ -275,3 +275,17 @@ def test_what_the_readmes_commands_write_is_ignored_by_git():
     for path in ("outputs/runs/x/summary.json", "hf/my-model/config.json"):
         r = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO)
         assert r.returncode == 0, f"{path} is not ignored (.gitignore)"
+
+
+STUDIES = sorted(path.parent.parent for path in (REPO / "docs" / "findings").glob("*/jobs/multirun.yaml"))
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=lambda path: path.name)
+def test_a_studys_report_is_rebuilt_byte_for_byte_from_its_committed_job_records(study, tmp_path):
+    """docs/findings/<study>/report.md is what `python -m lmlab.report docs/findings/<study>/jobs`
+    writes from the records committed beside it, on any clone."""
+    records = study.relative_to(REPO) / "jobs"
+    r = subprocess.run([sys.executable, "-m", "lmlab.report", str(records), "--out", str(tmp_path)], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "report.md").read_text() == (study / "report.md").read_text()

@@ -97,12 +97,14 @@ def test_job_records_rebuild_the_report_whatever_times_their_files_get(tmp_path,
             (job_dir / "checkpoints").mkdir()
             (job_dir / "checkpoints" / "last.pt").write_bytes(b"weights")
             (job_dir / "__main__.log").write_text("log")
+    expected = write_report(sweep, tmp_path / "a").read_text()
+    _job(sweep, 2, ["+variant=size", "train.seed=1"], None, [6.0])  # still running: no record yet
     assert main([str(sweep), "--records", str(records)]) == 0
     assert "4 job records in" in capsys.readouterr().out
+    assert not list(records.glob("*size*"))
     assert not list(records.rglob("last.pt")) and not list(records.rglob("*.log"))
     for index, path in enumerate(sorted(records.rglob("hydra.yaml"), reverse=True)):  # times a clone might give
         os.utime(path, (5000.0 + index,) * 2)
-    expected = write_report(sweep, tmp_path / "a").read_text()
     assert write_report(records, tmp_path / "b").read_text() == expected.replace(str(sweep), str(records), 1)
     rows = [line.split(" | ")[:2] for line in expected.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert rows == [["| 0", "variant=baseline, train.seed=0"], ["| 1", "variant=warmup, train.seed=0"],

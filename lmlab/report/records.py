@@ -15,12 +15,13 @@ RECORD_FILES = (".hydra/overrides.yaml", ".hydra/config.yaml", ".hydra/hydra.yam
 
 
 def keep_records(root: Path, out: Path) -> int:
-    """Copies each job's record files under root to the same relative dir under out (a relaunch's
-    newer files replace older ones); returns the number of jobs copied."""
+    """Copies the record files of each job under root that has ended (done, pruned, failed: it has
+    a summary; one still running has no record yet) to the same relative dir under out, replacing
+    older copies; returns the number of jobs copied."""
     root, out = Path(root), Path(out)
-    jobs = find_jobs(root)
+    jobs = [job for job in find_jobs(root) if job.summary]
     if not jobs:
-        raise FileNotFoundError(f"no job dirs (summary.json or .hydra/overrides.yaml) under {root}")
+        raise FileNotFoundError(f"no ended job (summary.json) under {root}")
     if (root / "multirun.yaml").is_file():
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / "multirun.yaml", out / "multirun.yaml")
