@@ -160,7 +160,7 @@ def test_isoflop_sweep_stops_each_size_at_each_flops_budget():
     assert cfg.hydra.sweep.dir.startswith("outputs/sweeps/isoflop/")
     params = cfg.hydra.sweeper.params
     assert len(params["model.d_model"].split(",")) >= 3 and len(params["train.max_flops"].split(",")) >= 2
-    assert params["schedule.peak_lr"] == "1.5e-4,3e-4,6e-4"
+    assert params["schedule.peak_lr"] == SEED_GRID
     for d_model, budget in ((128, 3e14), (384, 3e15)):
         job = compose_config(["sweep=isoflop", f"model.d_model={d_model}", f"train.max_flops={budget}"])
         validate(job)
