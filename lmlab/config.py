@@ -149,11 +149,16 @@ class RootcauseConfig:
     # The baseline's context: arms with another one (context, all_fixes) are also scored on test
     # windows of this length (eval.common_window), the windows the baseline is scored on.
     common_window: int = 256
-    # Stage 1's peak LRs (a sweep value list): a factor 2 apart around the scale's usual LR.
-    lr_grid: str = "1.5e-4,3e-4,6e-4"
+    # Stage 1's peak LRs (a sweep value list). At the seed's scale, 5 a factor 1.5 apart centred on the
+    # seed's constant 3e-4: a factor-2 grid biased arm differences by up to 0.015 nats (docs/study.md).
+    lr_grid: str = "1.33e-4,2e-4,3e-4,4.5e-4,6.75e-4"
     # The baseline's training FLOPs (lmlab.flops: its FLOPs per token x train.max_tokens), the
     # budget of the equal-compute arms (size_compute, ratio_compute): model=small at scale=seed.
     max_flops: float = 1.16253523968e15
+    # The `longer` arm's training tokens: the training-length factor's second value beside the
+    # scale's own budget (at the seed's scale 250M against the seed's 40.96M; scale=wikitext103 runs
+    # every job at it).
+    long_tokens: int = 250_000_000
     # The analysis, fixed before any run (sweeps/rootcause.yaml declares it; the report applies it,
     # lmlab/report/analysis.py): an effect inside +-margin (nats/token) is none for the study, and
     # `analysis` holds the claims, the variance groups, the level and the power.

@@ -5,8 +5,9 @@ Every command in a ```bash block is checked in the cheapest faithful way, named 
   paths and outputs/ resolve there), lmlab's training and bench commands with a tiny override set
   appended (TINY, 2 steps, one evaluation batch; the embedded corpus, data=kjv, where the command
   names no data); `<...>` in a path is the newest match of what an earlier command on the page made;
-- compose: its config composed and validated in-process, each swept key at its first value
-  (sweeps of many jobs, corpora only the hub has, bench modes that time several processes);
+- compose: its config composed and validated in-process, each swept key at its first value and
+  each value of a swept config group (every arm of a study) once (sweeps of many jobs, corpora
+  only the hub has, bench modes that time several processes);
 - skip: the reason it cannot run here (SLURM, CUDA, root, installs, a live server).
 """
 from __future__ import annotations
@@ -176,21 +177,35 @@ def first_values(lines: list[str]) -> list[str]:
     return out
 
 
+def each_group_choice(lines: list[str]) -> list[list[str]]:
+    """The overrides with each swept key at its first value, and again with each other value of every
+    swept config group (a key without a dot: `+variant`, `model`): every config file a sweep picks,
+    each arm of a study, composes once; the other keys stay at their first value."""
+    firsts = first_values(lines)
+    choices = [firsts]
+    for at, o in enumerate(OverridesParser.create().parse_overrides(lines)):
+        if o.is_sweep_override() and "." not in o.key_or_group and not hasattr(o.value(), "start"):
+            choices += [[*firsts[:at], f"{o.get_key_element()}={value}", *firsts[at + 1:]]
+                        for value in list(o.sweep_string_iterator())[1:]]
+    return choices
+
+
 def composes(module: str, args: list[str]) -> None:
-    """The command's first job composes and validates: each key swept on the command line or by
-    the sweep's `hydra.sweeper.params` at its first value."""
+    """Each arm of the command composes and validates: every value of a config group swept on the
+    command line or by the sweep's `hydra.sweeper.params`, the other swept keys at their first value."""
     args = [re.sub(r"<[^>]*>", "x", a) for i, a in enumerate(args)
             if a not in ("-m", "...") and not a.startswith("--") and args[i - 1] != "--cfg"]
-    overrides = first_values(args)
     bench = module == "lmlab.bench"
     register_configs(bench=bench)
     try:
         with initialize_config_module(config_module="lmlab.conf", version_base="1.3"):
             name = "bench" if bench else "config"
-            params = compose(config_name=name, overrides=overrides, return_hydra_config=True).hydra.sweeper.get("params")
-            given = {line.split("=")[0].lstrip("+~") for line in overrides}
+            params = compose(config_name=name, overrides=first_values(args),
+                             return_hydra_config=True).hydra.sweeper.get("params")
+            given = {line.split("=")[0].lstrip("+~") for line in args}
             swept = [f"{key}={value}" for key, value in (params or {}).items() if key.lstrip("+~") not in given]
-            validate(compose(config_name=name, overrides=[*first_values(swept), *overrides]))
+            for overrides in each_group_choice([*swept, *args]):
+                validate(compose(config_name=name, overrides=overrides))
     finally:
         register_configs()
 

@@ -36,6 +36,7 @@ def test_every_sweep_stops_on_tokens_in_its_own_dir_and_yields_to_the_user(name)
     cfg = compose_config([f"sweep={name}"], hydra=True)
     assert cfg.hydra.sweep.dir.startswith(f"outputs/sweeps/{name}/")
     assert cfg.train.max_steps is None and cfg.train.max_tokens == 40_960_000
+    assert cfg.data.hub_config == "wikitext-103-raw-v1"  # scale=seed: the seed's corpus
     assert cfg.hydra.sweeper.params  # it really sweeps something
     shrunk = compose_config([f"sweep={name}", "train.max_tokens=1000", "model.d_model=64", f"data.local_dir={MINI}"])
     assert (shrunk.train.max_tokens, shrunk.model.d_model, shrunk.data.local_dir) == (1000, 64, str(MINI))
@@ -56,8 +57,9 @@ SEED_FIXES = {"size": (512, 8, 6), "ratio": 4, "context": 512, "rows": 16, "comm
               "decay": ("cosine", 0.1)}
 SEED_BASELINE = {"size": (256, 4, 4), "ratio": 2, "context": 256, "rows": 32, "common_window": None, "warmup": 0,
                  "decay": ("constant", 1.0), "tokens_per_step": 8192}
-SCALES = {"seed": ({**SEED_BASELINE, "budget": 40_960_000, "steps": 5000}, SEED_FIXES, "1.5e-4,3e-4,6e-4"),
-          "wikitext103": ({**SEED_BASELINE, "budget": 250_000_000, "steps": 30518}, SEED_FIXES, "1.5e-4,3e-4,6e-4"),
+SEED_GRID = "1.33e-4,2e-4,3e-4,4.5e-4,6.75e-4"  # 5 LRs a factor 1.5 apart, centred on the seed's 3e-4
+SCALES = {"seed": ({**SEED_BASELINE, "budget": 40_960_000, "steps": 5000}, SEED_FIXES, SEED_GRID),
+          "wikitext103": ({**SEED_BASELINE, "budget": 250_000_000, "steps": 30518}, SEED_FIXES, SEED_GRID),
           "cpu": ({"size": (96, 3, 3), "ratio": 2, "context": 64, "rows": 32, "common_window": None, "warmup": 0,
                    "decay": ("constant", 1.0), "tokens_per_step": 2048, "budget": 819_200, "steps": 400},
                   {"size": (128, 4, 4), "ratio": 4, "context": 128, "rows": 16, "common_window": 64, "warmup": 40,
@@ -67,6 +69,9 @@ SCALES = {"seed": ({**SEED_BASELINE, "budget": 40_960_000, "steps": 5000}, SEED_
                      {"size": (128, 8, 6), "ratio": 4, "context": 128, "rows": 4, "common_window": 64, "warmup": 2384,
                       "decay": ("cosine", 0.1)}, "4.4e-4,6.7e-4,1e-3,1.5e-3,2.25e-3")}
 RESCORED = {"bug_eval_train_mode"}  # measured on the baseline's checkpoints (python -m lmlab.rescore), not trained
+# Training length, named on the command line of the seed's scale's plan (docs/study.md), not in the
+# sweep's list: its budget, rootcause.long_tokens, is the seed's scale's (250M against 40.96M).
+LENGTH_ARM = {"scale": "seed", "arm": "longer", "budget": 250_000_000, "steps": 30518}
 
 
 AT_EQUAL_COMPUTE = {"budget", "max_flops", "steps"}  # a FLOPs budget in place of the token budget
@@ -103,7 +108,8 @@ def test_rootcause_arms_change_one_factor_at_a_time_at_equal_tokens_steps_and_pe
     baseline, fixes, lr_grid = SCALES[scale]
     params = compose_config(["sweep=rootcause", f"scale={scale}"], hydra=True).hydra.sweeper.params
     arms = params["+variant"].split(",")
-    assert sorted(arms) == sorted(p.stem for p in (SWEEPS / "variant").glob("*.yaml") if p.stem not in RESCORED)
+    assert sorted(arms) == sorted(p.stem for p in (SWEEPS / "variant").glob("*.yaml")
+                                  if p.stem not in RESCORED | {LENGTH_ARM["arm"]})
     assert (params["train.seed"], params["schedule.peak_lr"]) == ("0", lr_grid)  # stage 1: the LR grid on one seed
 
     def factors(arm: str) -> dict:
@@ -121,10 +127,10 @@ def test_rootcause_arms_change_one_factor_at_a_time_at_equal_tokens_steps_and_pe
     base = factors("baseline")
     assert {k: v for k, v in base.items() if k != "precision"} == \
         {**baseline, "packing": True, "bugs": set(), "peak_lr": 1e-3, "max_flops": None}  # no warmup, no decay
-    for arm in arms:
+    for arm in arms + ([LENGTH_ARM["arm"]] if scale == LENGTH_ARM["scale"] else []):
         arm_factors = factors(arm)
         changed = {k for k, v in arm_factors.items() if v != base[k]}
-        expected = {"baseline": set(), "context": {"context", "rows", "common_window"},
+        expected = {"baseline": set(), "context": {"context", "rows", "common_window"}, "longer": {"budget", "steps"},
                     "warmup_decay": {"warmup", "decay"}, "all_fixes": set(fixes),
                     "unpacked": {"packing"}, "bug_no_pad_mask": {"packing", "bugs"},
                     "size_compute": {"size", *AT_EQUAL_COMPUTE}, "ratio_compute": {"ratio", *AT_EQUAL_COMPUTE}}.get(
@@ -132,6 +138,8 @@ def test_rootcause_arms_change_one_factor_at_a_time_at_equal_tokens_steps_and_pe
         # Never the tokens a step, the steps, the budget or the peak LR: each arm's LR is the grid's.
         assert changed == expected, arm
         assert all(arm_factors[k] == fixes[k] for k in changed & set(fixes)), arm
+        if arm == LENGTH_ARM["arm"]:  # the same rows and LR for longer: the factor's second value
+            assert (arm_factors["budget"], arm_factors["steps"]) == (LENGTH_ARM["budget"], LENGTH_ARM["steps"])
     # The context arm: the baseline's tokens in fewer, longer rows; test also on the baseline's windows.
     assert fixes["rows"] * fixes["context"] == base["tokens_per_step"] and fixes["common_window"] == base["context"]
 
@@ -152,7 +160,7 @@ def test_isoflop_sweep_stops_each_size_at_each_flops_budget():
     assert cfg.hydra.sweep.dir.startswith("outputs/sweeps/isoflop/")
     params = cfg.hydra.sweeper.params
     assert len(params["model.d_model"].split(",")) >= 3 and len(params["train.max_flops"].split(",")) >= 2
-    assert params["schedule.peak_lr"] == "1.5e-4,3e-4,6e-4"
+    assert params["schedule.peak_lr"] == SEED_GRID
     for d_model, budget in ((128, 3e14), (384, 3e15)):
         job = compose_config(["sweep=isoflop", f"model.d_model={d_model}", f"train.max_flops={budget}"])
         validate(job)
