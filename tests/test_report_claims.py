@@ -131,6 +131,23 @@ def test_plan_writes_stage2_with_the_seeds_each_claim_needs(tmp_path, capsys):
     assert " train.seed=1,2,3,4 " in capsys.readouterr().out.split("+variant=warmup")[1].splitlines()[0]
 
 
+def test_plan_reads_the_seed_spread_from_a_noise_pilot_at_another_lr(tmp_path, capsys):
+    """The baseline's seeds 1 and 2 ran at 1e-3 alone (a noise pilot before stage 1); seed 0 is
+    best on validation at 2e-3, which the baseline is reported at: the plan still has a spread
+    over seeds, the noise pilot's (SD 0.01: 11 seeds, as above), and says where it came from."""
+    runs = [("baseline", seed, "1e-3", loss) for seed, loss in enumerate([4.00, 4.01, 3.99])]
+    runs += [(arm, 0, "2e-3", loss) for arm, loss in {"baseline": 3.98, "warmup": 3.9, "decay": 4.0, "size": 3.95}.items()]
+    runs += [(arm, 0, "1e-3", 4.1) for arm in ("warmup", "decay", "size")]
+    for num, (arm, seed, lr, loss) in enumerate(runs):
+        job = _job(tmp_path, num, [f"+variant={arm}", f"train.seed={seed}", f"schedule.peak_lr={lr}"],
+                   _done(60.0, math.exp(loss), best_val_loss=loss), [6.0, loss])
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"rootcause": ROOTCAUSE}))
+    assert main([str(tmp_path), "--plan", "--max-seeds", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "variant=baseline 11, variant=warmup 11" in out.splitlines()[1]
+    assert "the baseline's 3 seeds at LR 1e-3 (its chosen LR 2e-3 ran fewer)" in out
+
+
 def test_the_rootcause_sweep_declares_claims_on_its_own_arms_and_the_runs_metrics():
     from omegaconf import OmegaConf
 

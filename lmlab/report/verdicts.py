@@ -131,6 +131,10 @@ def plan(groups: list[tuple[str, list[Row]]], max_seeds: int) -> tuple[dict[str,
             raise ValueError(f"the jobs of {corpus or 'the sweep'} declare no analysis (rootcause.analysis): "
                              "nothing to plan")
         need = {row.arm.name: row.test.n for row in rows}
+        lr, values = pilot_values(rows[0], "test_loss")
+        if lr != rows[0].arm.lr:
+            notes.append(f"the spread over seeds where no blocked model has one: the baseline's {len(values)} seeds "
+                         f"at LR {lr} (its chosen LR {rows[0].arm.lr} ran fewer)")
         for d in decide(analysis, rows, rows[0].arm.name):
             n = _pilot_seeds(analysis, d, rows[0]) if d.arm and d.against else f"{d.contrast}"
             if isinstance(n, str):
@@ -143,14 +147,23 @@ def plan(groups: list[tuple[str, list[Row]]], max_seeds: int) -> tuple[dict[str,
     return seeds, notes
 
 
+def pilot_values(baseline: Row, metric: str) -> tuple[str | None, list[float]]:
+    """The baseline's `metric` over its seeds at its chosen LR; where fewer than 2 seeds ran there,
+    over those at the LR of its grid that ran the most (a noise pilot run before stage 1 chose the
+    LR: the plan reads the spread over seeds from it, not the level); and that LR."""
+    pools = [(baseline.arm.lr, baseline.arm.chosen)] + [(point.lr, point.jobs) for point in baseline.arm.grid]
+    runs = [(lr, [job.summary[metric] for job in jobs if job.done and job.summary.get(metric) is not None])
+            for lr, jobs in pools]
+    return runs[0] if len(runs[0][1]) >= 2 else max(runs, key=lambda run: len(run[1]))
+
+
 def _pilot_seeds(analysis: Analysis, d: Decision, baseline: Row) -> int | None | str:
     """Seeds per arm for one claim (0: decided; None: more than analysis.MAX_SEEDS): from the
     blocked model where it has a residual variance, else from the pilot's baseline spread over
     seeds (a difference of two runs: sqrt(2) x it); or why neither is there."""
     if isinstance(d.contrast, Contrast):
         return 0 if d.verdict != "cannot tell" else d.seeds
-    values = [job.summary[d.claim.metric] for job in baseline.arm.chosen
-              if job.done and job.summary.get(d.claim.metric) is not None]
+    values = pilot_values(baseline, d.claim.metric)[1]
     if len(values) < 2 or statistics.stdev(values) == 0:
         return f"no spread of {d.claim.metric} over the baseline's seeds (the pilot needs it over several)"
     sd = math.sqrt(2) * statistics.stdev(values)
