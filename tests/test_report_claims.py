@@ -148,6 +148,23 @@ def test_plan_reads_the_seed_spread_from_a_noise_pilot_at_another_lr(tmp_path, c
     assert "the baseline's 3 seeds at LR 1e-3 (its chosen LR 2e-3 ran fewer)" in out
 
 
+def test_the_context_claim_reads_the_baselines_own_windows_where_they_are_the_common_ones(tmp_path):
+    """Only the context arm scores common windows (eval.common_window); the baseline's context is
+    the common window, so its test_loss is its loss on them: the claim is decided from both."""
+    claim = {"claim": "context is too short", "arm": "context", "metric": "test_common_loss", "direction": "lower"}
+    rootcause = {"margin": 0.02, "common_window": 64, "analysis": {"claims": [claim]}}
+    for num, (arm, seed, loss) in enumerate([("baseline", s, 4.0 + 0.01 * s) for s in range(3)]
+                                            + [("context", s, 3.9 + 0.01 * s) for s in range(3)]):
+        common = {"test_common_loss": loss} if arm == "context" else {}
+        job = _job(tmp_path, num, [f"+variant={arm}", f"train.seed={seed}"],
+                   _done(60.0, math.exp(loss + 0.05 * (arm == "context")), best_val_loss=loss, **common), [6.0, loss])
+        config = {"rootcause": rootcause, "model": {"max_seq_len": 64 if arm == "baseline" else 128}, "eval": {}}
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    row = next(line for line in write_report(tmp_path).read_text().splitlines()
+               if line.startswith("| context is too short |"))
+    assert row.split(" | ")[3] == "-0.1000" and row.split(" | ")[7] == "supported", row
+
+
 def test_the_rootcause_sweep_declares_claims_on_its_own_arms_and_the_runs_metrics():
     from omegaconf import OmegaConf
 

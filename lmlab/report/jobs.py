@@ -47,6 +47,19 @@ class Job:
         path = self.path / "test_scores.json"
         return json.loads(path.read_text()) if self.done and path.is_file() else None
 
+    def metric(self, key: str):
+        """summary.json's `key`; for a `test_common_*` metric a run did not write, its `test_*` where
+        its own test windows are the common ones (its context is the study's common window,
+        rootcause.common_window, scored without a stride): the same windows give the same number.
+        None where neither is there."""
+        value = self.summary.get(key)
+        if value is not None or not key.startswith("test_common_"):
+            return value
+        model, scoring = self.config.get("model") or {}, self.config.get("eval") or {}
+        window = (self.config.get("rootcause") or {}).get("common_window")
+        same = window is not None and model.get("max_seq_len") == window and not scoring.get("stride")
+        return self.summary.get(key.replace("test_common_", "test_", 1)) if same else None
+
     @property
     def corpus(self) -> str:
         """The data, the way its test split was carved, and the tokenizer the job's nats/token are

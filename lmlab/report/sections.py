@@ -35,8 +35,8 @@ def spread_cell(spread: Spread, spec: str) -> str:
 
 
 def spread(members: list[Job], metric: str) -> Spread:
-    done = [job for job in members if job.done and job.summary.get(metric) is not None]
-    return Spread([job.summary[metric] for job in done], [job.seed for job in done])
+    done = [job for job in members if job.done and job.metric(metric) is not None]
+    return Spread([job.metric(metric) for job in done], [job.seed for job in done])
 
 
 def shared_floors(jobs: list[Job]) -> dict | None:

@@ -45,8 +45,8 @@ def decide(analysis: Analysis, rows: list[Row], baseline: str) -> list[Decision]
             continue
         metric = d.claim.metric
         if metric not in models:
-            runs = [(row.arm.name, job.seed, job.summary[metric]) for row in rows for job in row.arm.chosen
-                    if job.done and job.summary.get(metric) is not None]
+            runs = [(row.arm.name, job.seed, job.metric(metric)) for row in rows for job in row.arm.chosen
+                    if job.done and job.metric(metric) is not None]
             models[metric] = fit(runs, groups) if runs else f"no run has `{metric}`"
         model = models[metric]
         if isinstance(model, str) or d.arm.arm.name not in model["arms"] or d.against.arm.name not in model["arms"]:
@@ -152,7 +152,7 @@ def pilot_values(baseline: Row, metric: str) -> tuple[str | None, list[float]]:
     over those at the LR of its grid that ran the most (a noise pilot run before stage 1 chose the
     LR: the plan reads the spread over seeds from it, not the level); and that LR."""
     pools = [(baseline.arm.lr, baseline.arm.chosen)] + [(point.lr, point.jobs) for point in baseline.arm.grid]
-    runs = [(lr, [job.summary[metric] for job in jobs if job.done and job.summary.get(metric) is not None])
+    runs = [(lr, [job.metric(metric) for job in jobs if job.done and job.metric(metric) is not None])
             for lr, jobs in pools]
     return runs[0] if len(runs[0][1]) >= 2 else max(runs, key=lambda run: len(run[1]))
 
