@@ -400,7 +400,6 @@ def main(cfg: DictConfig) -> float:
 
 def cli() -> None:
     from lmlab.errors import report_errors
-
     from lmlab.options import answer_help
 
     register_configs(bench=True)

@@ -32,9 +32,9 @@ class Job:
     def started(self) -> float:
         """When the job started: its summary's `started_at`, else the time of Hydra's record (a job
         killed before its summary); 0 for a run without either."""
-        record = self.path / ".hydra" / "hydra.yaml"
         if self.summary.get("started_at") is not None:
             return self.summary["started_at"]
+        record = self.path / ".hydra" / "hydra.yaml"
         return record.stat().st_mtime if record.exists() else 0.0
 
     @property

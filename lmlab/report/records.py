@@ -1,8 +1,7 @@
 """A sweep's compact job records: the files the report reads of each job (its overrides, config and
 Hydra's job record, summary, curves, test scores and samples) and the sweep's multirun.yaml (what
-was swept, and how), without checkpoints or logs: a few
-kilobytes a job. Committed beside a study's findings, they rebuild its report on any clone:
-`python -m lmlab.report <records dir> --out <dir>`."""
+was swept, and how), without checkpoints or logs: some kilobytes a job. Committed beside a study's
+findings, they rebuild its report on any clone: `python -m lmlab.report <records dir> --out <dir>`."""
 from __future__ import annotations
 
 import shutil
