@@ -126,3 +126,27 @@ def test_the_documents_interval_needs_two_seeds_and_the_same_text(tmp_path):
     assert "No document interval for `variant=decay`: the runs were scored on different test text" in report
     assert "No document interval for `variant=size`: 1 seed: no interval over seeds and documents" in report
     assert "nan" not in report
+
+
+def test_each_arms_last_tenth_of_training_is_reported_against_the_margin(tmp_path):
+    """A constant-LR curve still falling at its end is measured early: the report gives each arm's
+    validation gain over its last 10% of steps (the evaluation at 90% of them minus the last), and
+    says whether the baseline's is inside the declared margin."""
+    def curve(last_gain):  # evaluations every 10 steps to 100; the one at step 90 is 90% of the run
+        return [6.0 - 0.1 * i for i in range(10)] + [5.1 - last_gain]
+
+    num = 0
+    for arm, gains in [("baseline", [0.03, 0.02, 0.025]), ("decay", [0.001, 0.003, 0.002])]:
+        for seed, gain in enumerate(gains):
+            job = _job(tmp_path, num, [f"+variant={arm}", f"train.seed={seed}"], _done(60.0, math.exp(4.0)),
+                       curve(gain))
+            metrics = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+            (job / "metrics.jsonl").write_text("".join(json.dumps({**m, "step": 10 * m["step"]}) + "\n"
+                                                       for m in metrics))
+            (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"rootcause": {"margin": 0.02}}))
+            num += 1
+    report = write_report(tmp_path).read_text()
+    assert ("Validation loss gained over the last 10% of steps (the last evaluation at or before 90% of a run's "
+            "steps minus its last; mean ± SD over seeds): `variant=baseline` 0.0250 ± 0.0050, `variant=decay` "
+            "0.0020 ± 0.0010. The baseline's curve has not flattened: it gains more than the margin "
+            "δ = 0.02 in its last 10% of steps.") in report

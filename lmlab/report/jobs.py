@@ -97,6 +97,17 @@ class Job:
         return self.metrics[-1].get("tokens") if self.metrics else None
 
     @property
+    def late_gain(self) -> float | None:
+        """Validation loss gained over the last 10% of steps: the last evaluation at or before 90% of
+        the run's steps minus its last evaluation (a curve still falling there was stopped early);
+        None with fewer than two evaluations."""
+        evals = [(m["step"], m["val_loss"]) for m in self.metrics if m.get("val_loss") is not None]
+        if len(evals) < 2:
+            return None
+        last_step, last = evals[-1]
+        return next(loss for step, loss in reversed(evals) if 10 * step <= 9 * last_step) - last
+
+    @property
     def floor(self) -> dict | None:
         """The better bigram's metrics for this job's token cache (summary.json's `floors`)."""
         floors = self.summary.get("floors")

@@ -159,12 +159,32 @@ def _verdicts(rows: list[Row], floors: dict | None) -> list[str]:
     elif not floors:
         lines += ["No reference rows: the done jobs carry no `floors` in summary.json, or differ in tokenizer or data.",
                   ""]
+    lines += _late_gains(rows)
     more_seeds = [row.arm.name for row in rows[1:] if row.comparison and needs_more_seeds(row.test, base)]
     if more_seeds or base.n < 3:
         lines += ["Short of 3 seeds, which the baseline needs, and every arm within twice the larger spread of "
                   "it or without a spread to judge by: "
                   + ", ".join(f"`{a}`" for a in ([baseline] if base.n < 3 else []) + more_seeds) + ".", ""]
     return lines
+
+
+def _late_gains(rows: list[Row]) -> list[str]:
+    """Each arm's validation gain over its last 10% of steps; and, against the declared margin,
+    whether the baseline's curve had flattened: an effect measured mid-descent need not last."""
+    gains = [(row.arm.name, Spread([job.late_gain for job in row.arm.chosen if job.done and job.late_gain is not None]))
+             for row in rows]
+    if not any(gain.n for _, gain in gains):
+        return []
+    line = ("Validation loss gained over the last 10% of steps (the last evaluation at or before 90% of a run's steps "
+            "minus its last; mean ± SD over seeds): "
+            + ", ".join(f"`{name}` {spread_cell(gain, '.4f')}" for name, gain in gains if gain.n) + ".")
+    margin = next((job.config["rootcause"]["margin"] for job in rows[0].arm.chosen
+                   if (job.config.get("rootcause") or {}).get("margin") is not None), None)
+    if margin is not None and gains[0][1].n:
+        flat = gains[0][1].mean < margin
+        line += (f" The baseline's curve {'has flattened' if flat else 'has not flattened'}: it gains "
+                 f"{'less' if flat else 'more'} than the margin δ = {margin:g} in its last 10% of steps.")
+    return [line, ""]
 
 
 def explanation(baseline: str, declared: bool = False) -> list[str]:
