@@ -104,9 +104,9 @@ def test_the_report_decides_each_declared_claim(tmp_path):
     assert rows["decay helps"].split(" | ")[7] == "not supported"
     assert rows["size helps"].split(" | ")[7] == "cannot tell"
     assert rows["the bug hurts"].split(" | ")[7] == "cannot tell: no arm `bug` in this report"
-    # An undecided row says what the design detects and the seeds it would need; decided ones do not.
+    # Every row says what the design detects; an undecided one also the seeds it would need.
     assert float(rows["size helps"].split(" | ")[8]) > 0.02 and int(rows["size helps"].split(" | ")[9].rstrip(" |")) > 5
-    assert rows["warmup helps"].endswith("| - | - |")
+    assert 0 < float(rows["warmup helps"].split(" | ")[8]) < 0.02 and rows["warmup helps"].endswith("| - |")
     assert "4 claims, the only family counted; margin δ = 0.02" in report
     # The arms table is no second family: its p-values stay unadjusted.
     arms_table = report.split("## The declared analysis")[0]

@@ -15,8 +15,8 @@ Intervals are simultaneous over the family: each at 1 - (1 - level) / m for m cl
 Holm's first step), so one that leaves out 0 is a rejection by Holm's procedure too. Verdicts:
 *supported* (the interval lies beyond 0 in the claimed direction), *contradicted* (beyond 0 in the
 other), *not supported* (it lies inside +-margin: two one-sided tests at the same level), *cannot
-tell* otherwise; an undecided claim also gets the smallest effect the design detects with the
-declared power and the seeds per arm it would need to be decided at the margin with that power
+tell* otherwise. Every claim gets the smallest effect the design detects with the declared power;
+an undecided one also the seeds per arm it would need to be decided at the margin with that power
 either way (no effect: inside the margin; an effect of the margin: beyond 0).
 """
 from __future__ import annotations

@@ -79,7 +79,7 @@ def claims_section(analysis: Analysis, rows: list[Row], baseline: str) -> list[s
         if isinstance(d.contrast, Contrast):
             c, undecided = d.contrast, d.verdict == "cannot tell"
             cells = [f"{c.effect:+.4f}", f"[{d.low:+.4f}, {d.high:+.4f}]", f"{c.p():.2g} ({adjusted[id(d)]:.2g})",
-                     d.verdict, f"{analysis.detectable(c.se, c.df):.4f}" if undecided else "-",
+                     d.verdict, f"{analysis.detectable(c.se, c.df):.4f}",
                      ("-" if not undecided else f"more than {MAX_SEEDS}" if d.seeds is None else str(d.seeds))]
         else:
             cells = ["-", "-", "-", f"cannot tell: {d.contrast}", "-", "-"]
@@ -101,8 +101,8 @@ def _explanation(analysis: Analysis) -> list[str]:
             f"1 - {1 - level:g}/{m}: one that leaves out 0 is a rejection by Holm's procedure too). Verdict: "
             "supported (the interval beyond 0 the claimed way), contradicted (beyond 0 the other way), not "
             "supported (inside ±δ: two one-sided tests), cannot tell. Beside it, the paired t on the seeds both "
-            f"arms ran, Holm over the claims. Undecided rows: the smallest effect the design detects with "
-            f"{analysis.power:.0%} power, and the seeds per arm that would decide at δ.", ""]
+            f"arms ran, Holm over the claims. Every row: the smallest effect the design detects with "
+            f"{analysis.power:.0%} power; undecided rows: the seeds per arm that would decide at δ.", ""]
 
 
 def _paired(d: Decision):
