@@ -7,6 +7,7 @@ import re
 import yaml
 
 from lmlab.report import write_report
+from lmlab.report.jobs import Job
 from tests.test_report import FLOORS, _done, _job
 
 
@@ -138,11 +139,9 @@ def test_each_arms_last_tenth_of_training_is_reported_against_the_margin(tmp_pat
     num = 0
     for arm, gains in [("baseline", [0.03, 0.02, 0.025]), ("decay", [0.001, 0.003, 0.002])]:
         for seed, gain in enumerate(gains):
-            job = _job(tmp_path, num, [f"+variant={arm}", f"train.seed={seed}"], _done(60.0, math.exp(4.0)),
-                       curve(gain))
-            metrics = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
-            (job / "metrics.jsonl").write_text("".join(json.dumps({**m, "step": 10 * m["step"]}) + "\n"
-                                                       for m in metrics))
+            job = _job(tmp_path, num, [f"+variant={arm}", f"train.seed={seed}"], _done(60.0, math.exp(4.0)), [])
+            (job / "metrics.jsonl").write_text("".join(json.dumps({"step": 10 * i, "val_loss": loss}) + "\n"
+                                                       for i, loss in enumerate(curve(gain))))
             (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"rootcause": {"margin": 0.02}}))
             num += 1
     report = write_report(tmp_path).read_text()
@@ -150,3 +149,5 @@ def test_each_arms_last_tenth_of_training_is_reported_against_the_margin(tmp_pat
             "steps minus its last; mean ± SD over seeds): `variant=baseline` 0.0250 ± 0.0050, `variant=decay` "
             "0.0020 ± 0.0010. The baseline's curve has not flattened: it gains more than the margin "
             "δ = 0.02 in its last 10% of steps.") in report
+    # A run evaluated only within its last 10% of steps has no gain to give, and no error.
+    assert Job(tmp_path, None, {}, metrics=[{"step": 95, "val_loss": 4.1}, {"step": 100, "val_loss": 4.0}]).late_gain is None

@@ -96,16 +96,17 @@ class Job:
             return self.summary["tokens_seen"]
         return self.metrics[-1].get("tokens") if self.metrics else None
 
-    @property
+    @cached_property
     def late_gain(self) -> float | None:
         """Validation loss gained over the last 10% of steps: the last evaluation at or before 90% of
         the run's steps minus its last evaluation (a curve still falling there was stopped early);
-        None with fewer than two evaluations."""
+        None where no evaluation lies that early."""
         evals = [(m["step"], m["val_loss"]) for m in self.metrics if m.get("val_loss") is not None]
-        if len(evals) < 2:
+        if not evals:
             return None
         last_step, last = evals[-1]
-        return next(loss for step, loss in reversed(evals) if 10 * step <= 9 * last_step) - last
+        earlier = next((loss for step, loss in reversed(evals) if 10 * step <= 9 * last_step and step < last_step), None)
+        return None if earlier is None else earlier - last
 
     @property
     def floor(self) -> dict | None:

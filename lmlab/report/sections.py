@@ -171,7 +171,7 @@ def _verdicts(rows: list[Row], floors: dict | None) -> list[str]:
 def _late_gains(rows: list[Row]) -> list[str]:
     """Each arm's validation gain over its last 10% of steps; and, against the declared margin,
     whether the baseline's curve had flattened: an effect measured mid-descent need not last."""
-    gains = [(row.arm.name, Spread([job.late_gain for job in row.arm.chosen if job.done and job.late_gain is not None]))
+    gains = [(row.arm.name, Spread([gain for job in row.arm.chosen if job.done and (gain := job.late_gain) is not None]))
              for row in rows]
     if not any(gain.n for _, gain in gains):
         return []
