@@ -39,7 +39,7 @@ class DataConfig:
     hub_config: Optional[str] = None
     text_column: str = "text"  # hub: the column holding each document; text: the .jsonl field
     local_dir: Optional[str] = None  # wikitext: null = download hub_id with `datasets`; text: the folder or one file
-    split_on: Optional[str] = None  # text: a regex that cuts every .txt file into documents (lmlab/data/sources.py)
+    split_on: Optional[str] = None  # text: a regex that cuts every .txt file into documents (lmlab/data/readers.py)
     # wikitext in a local folder: every article of its files (any of train/valid/test) in one pool,
     # validation and test carved from it as whole articles (data.holdout each), the rest trains
     pool: bool = False

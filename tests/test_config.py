@@ -119,7 +119,7 @@ def test_an_unreachable_hub_is_answered_before_datasets_is_asked(monkeypatch):
     from huggingface_hub import constants
 
     from lmlab.data import DataError
-    from lmlab.data.sources import _load_dataset
+    from lmlab.data.readers import load_dataset
 
     calls = []
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
@@ -127,5 +127,5 @@ def test_an_unreachable_hub_is_answered_before_datasets_is_asked(monkeypatch):
     for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(key)
     with pytest.raises(DataError, match="the hub is unreachable"):
-        _load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1")
+        load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1")
     assert calls == []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lmlab.data import DataError, load_splits
-from lmlab.data import sources
+from lmlab.data import readers, sources
 from lmlab.data.sources import holdout_size, source_key, split_text
 from lmlab.errors import ConfigError
 from lmlab.validation import validate
@@ -160,8 +160,8 @@ def test_hub_kind_reads_any_column_of_what_datasets_loads(tmp_path):
 def test_a_text_corpus_trains_end_to_end_and_decodes_exactly(pool, tmp_path, cache_dir, monkeypatch):
     cfg = compose_config(["data=text", f"data.local_dir={pool}", *TINY, "data.holdout=2"])
     reads = []
-    read_folder = sources._text_splits
-    monkeypatch.setattr(sources, "_text_splits", lambda data_cfg: reads.append(1) or read_folder(data_cfg))
+    read_folder = readers.text_splits
+    monkeypatch.setattr(readers, "text_splits", lambda data_cfg: reads.append(1) or read_folder(data_cfg))
     tok, splits = load_splits(cfg.data, cfg.tokenizer)
     assert len(reads) == 1  # a cold cache reads and carves the folder once for all three splits
     stream = np.asarray(splits["test"].tokens)
