@@ -21,7 +21,7 @@ def texts(tmp_path):
     return tmp_path
 
 
-# One file is one document, cut into passages of 2,000 characters or more (sources.passages): 20 verses are 2.
+# One file is one document, cut into passages of 2,000 characters or more (readers.passages): 20 verses are 2.
 @pytest.mark.parametrize("where, documents", [("two", 2), ("two/a.txt", 2), ("only_test", 1)])
 def test_a_text_that_is_not_the_runs_corpus_is_scored_whole(tiny_run, texts, capsys, where, documents):
     metrics = main([f"checkpoint={tiny_run / 'checkpoints' / 'best.pt'}", "data=text",

@@ -12,7 +12,8 @@ a split's documents and its word and byte counts. `data.kind` picks the source:
   every `.txt` file at each of its matches instead (the match is dropped: a lookahead such as
   `(?m)^(?=CHAPTER )` keeps a heading with the text after it). Without it, a corpus that is one
   document (a single `.txt` file: a book) is cut at blank lines, or at line ends where it has
-  none, into documents of at least MIN_DOC_CHARS characters, which together are the file.
+  none, into documents of at least MIN_DOC_CHARS characters (lmlab.data.readers), which together
+  are the file.
 
 A `hub` or `text` corpus without a validation or test split has it carved from train
 (`data.holdout` documents, a fraction or a count) by `datasets`' seeded `train_test_split`, so the
